@@ -1,0 +1,3 @@
+from hamachi.cli.app import main
+
+main()

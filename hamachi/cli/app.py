@@ -1,0 +1,367 @@
+"""The `hamachi` command: `hamachi <role> <verb>`.
+
+The CLI never reaches into protocol internals: daemons are started through
+`hamachi.roles`, and a running daemon is asked through the local API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hamachi import __version__
+from hamachi import config as C
+from hamachi.cli import output, templates
+from hamachi.crypto.keys import KeyPair
+from hamachi.exitcodes import ExitCode
+
+app = typer.Typer(
+    name="hamachi",
+    help="Open, self-hostable peer-to-peer VPN: control server, relay and client.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+server_app = typer.Typer(help="The control server: logins, networks, presence, STUN.", no_args_is_help=True)
+relay_app = typer.Typer(help="The relay: end-to-end encrypted fallback when peers cannot meet directly.",
+                        no_args_is_help=True)
+client_app = typer.Typer(help="The client daemon and the commands that talk to it.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+app.add_typer(relay_app, name="relay")
+app.add_typer(client_app, name="client")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="HAMACHI_CONFIG", help="TOML config file (env HAMACHI_CONFIG)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (with schema_version) instead of a table.")]
+CheckOpt = Annotated[
+    bool, typer.Option("--check", help="Validate the config, print the resolved settings and exit.")
+]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
+
+_verbose = 0
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hamachi {__version__}")
+        raise typer.Exit(ExitCode.OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Open, self-hostable peer-to-peer VPN."""
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _exit(code: ExitCode) -> None:
+    raise typer.Exit(int(code))
+
+
+def _load(role: str, path: Path | None) -> Any:
+    if path is None:
+        output.fail(f"no config given: pass --config FILE or set HAMACHI_CONFIG (create one with `hamachi {role} init`)")
+        _exit(ExitCode.BAD_CONFIG)
+    try:
+        return C.load(role, path)
+    except C.ConfigError as exc:
+        for line in exc.problems:
+            output.err.print(line, markup=False, highlight=False)
+        _exit(ExitCode.BAD_CONFIG)
+
+
+def _check_view(role: str, settings: Any, as_json: bool) -> None:
+    data = {"role": role, "valid": True, "settings": C.redacted(settings)}
+
+    def render(d: dict[str, Any]) -> Table:
+        t = Table(title=f"{role} config {settings.config_path}: OK", show_header=True)
+        t.add_column("setting")
+        t.add_column("value")
+        for k, v in d["settings"].items():
+            t.add_row(k, str(v))
+        return t
+
+    output.emit(data, as_json, render)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+
+
+def _init_dir(directory: Path, files: list[str], force: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        p = directory / name
+        if p.exists():
+            if not force:
+                output.fail(f"{p} already exists (use --force to overwrite)")
+                _exit(ExitCode.FAILURE)
+            p.unlink()
+
+
+def _run_daemon(fn: Any, settings: Any) -> None:
+    from hamachi.io.privilege import PrivilegeError
+
+    output.setup_logging(max(_verbose, 1))
+    try:
+        code = fn(settings)
+    except PrivilegeError as exc:
+        output.fail(str(exc))
+        _exit(ExitCode.NO_PRIVILEGE)
+    except KeyboardInterrupt:
+        code = ExitCode.OK
+    _exit(ExitCode(code or 0))
+
+
+def _api(settings: Any, verb: str, args: dict[str, Any] | None = None) -> Any:
+    from hamachi.io import localapi
+
+    try:
+        return localapi.call(settings.api_socket, verb, args)
+    except localapi.DaemonNotRunning as exc:
+        output.fail(f"{exc}; start it with `hamachi client up --config {settings.config_path}`")
+        _exit(ExitCode.NOT_RUNNING)
+    except PermissionError:
+        output.fail(f"permission denied on {settings.api_socket}: the local API is for root only")
+        _exit(ExitCode.NO_PRIVILEGE)
+    except localapi.ApiError as exc:
+        output.fail(str(exc))
+        _exit(ExitCode(exc.code) if exc.code in ExitCode._value2member_map_ else ExitCode.FAILURE)
+
+
+# ---------------------------------------------------------------------------
+# server
+
+
+@server_app.command("init")
+def server_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory to write server.toml and server.key into.")],
+    public_address: Annotated[
+        list[str], typer.Option("--public-address", help="A public IP of this server (give two for RFC 5780).")
+    ],
+    port: Annotated[int, typer.Option(help="Control port.")] = C.DEFAULT_CONTROL_PORT,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented server config and a new key, and print what clients need."""
+    problems = []
+    for a in public_address:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            problems.append(f"--public-address: {a!r} is not an IP address")
+    if len(public_address) > 2:
+        problems.append("--public-address: give at most two")
+    if not 1 <= port <= 65535:
+        problems.append(f"--port: {port} is out of range 1..65535")
+    if problems:
+        for p in problems:
+            output.fail(p)
+        _exit(ExitCode.USAGE)
+    _init_dir(directory, ["server.toml", "server.key"], force)
+    kp = KeyPair.generate()
+    _write_secret(directory / "server.key", kp.private_text())
+    ula = ipaddress.IPv6Network((int.from_bytes(b"\xfd" + secrets.token_bytes(5), "big") << 80, 48))
+    (directory / "server.toml").write_text(templates.server_toml(public_address, port, str(ula)))
+    host = public_address[0] if public_address else "SERVER_ADDRESS"
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    connect = f"hamachi client init --dir DIR --server {hostport} --server-key {kp.public_text()} --name NICK"
+    data = {"config": str(directory / "server.toml"), "public_key": kp.public_text(), "connect": connect}
+    output.emit(data, as_json, lambda d: (
+        f"wrote {d['config']}\nserver public key: {d['public_key']}\nclients connect with:\n  {d['connect']}"))
+
+
+@server_app.command("run")
+def server_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
+               verbose: VerboseOpt = 0) -> None:
+    """Run the control server in the foreground."""
+    global _verbose
+    _verbose = verbose
+    settings = _load("server", config)
+    if check:
+        _check_view("server", settings, as_json)
+        return
+    from hamachi.roles import server
+
+    _run_daemon(server.run, settings)
+
+
+# ---------------------------------------------------------------------------
+# relay
+
+
+@relay_app.command("init")
+def relay_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory to write relay.toml and relay.key into.")],
+    server_key: Annotated[str, typer.Option("--server-key", help="Public key of the control server.")] = "",
+    udp_port: Annotated[int, typer.Option(help="UDP port for relayed traffic.")] = C.DEFAULT_RELAY_UDP_PORT,
+    tcp_port: Annotated[int, typer.Option(help="TCP port for framed relaying.")] = C.DEFAULT_RELAY_TCP_PORT,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented relay config and a new key, and print the server's [[relay]] entry."""
+    if server_key:
+        try:
+            C._parse_public_key(server_key)
+        except ValueError as exc:
+            output.fail(f"--server-key: {exc}")
+            _exit(ExitCode.USAGE)
+    _init_dir(directory, ["relay.toml", "relay.key"], force)
+    kp = KeyPair.generate()
+    _write_secret(directory / "relay.key", kp.private_text())
+    (directory / "relay.toml").write_text(templates.relay_toml(server_key, udp_port, tcp_port))
+    entry = (f'[[relay]]\nname = "{directory.name}"\npublic_key = "{kp.public_text()}"\n'
+             f'udp = "RELAY_ADDRESS:{udp_port}"\ntcp = "RELAY_ADDRESS:{tcp_port}"')
+    data = {"config": str(directory / "relay.toml"), "public_key": kp.public_text(), "server_entry": entry}
+    output.emit(data, as_json, lambda d: (
+        f"wrote {d['config']}\nrelay public key: {d['public_key']}\nadd to server.toml:\n{d['server_entry']}"))
+
+
+@relay_app.command("run")
+def relay_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
+              verbose: VerboseOpt = 0) -> None:
+    """Run the relay in the foreground."""
+    global _verbose
+    _verbose = verbose
+    settings = _load("relay", config)
+    if check:
+        _check_view("relay", settings, as_json)
+        return
+    from hamachi.roles import relay
+
+    _run_daemon(relay.run, settings)
+
+
+# ---------------------------------------------------------------------------
+# client
+
+
+@client_app.command("init")
+def client_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Directory to write client.toml and client.key into.")],
+    server: Annotated[str, typer.Option("--server", help="Control server as HOST:PORT.")],
+    server_key: Annotated[str, typer.Option("--server-key", help="The server's public key.")],
+    name: Annotated[str, typer.Option("--name", help="Your nickname.")],
+    interface: Annotated[str, typer.Option(help="Virtual interface name.")] = C.DEFAULT_INTERFACE,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented client config and a new key."""
+    problems = []
+    try:
+        C.parse_endpoint(server, C.DEFAULT_CONTROL_PORT)
+    except ValueError as exc:
+        problems.append(f"--server: {exc}")
+    try:
+        C._parse_public_key(server_key)
+    except ValueError as exc:
+        problems.append(f"--server-key: {exc}")
+    try:
+        C._nickname(name)
+        C._interface_name(interface)
+    except ValueError as exc:
+        problems.append(f"--name/--interface: {exc}")
+    if problems:
+        for p in problems:
+            output.fail(p)
+        _exit(ExitCode.USAGE)
+    _init_dir(directory, ["client.toml", "client.key"], force)
+    kp = KeyPair.generate()
+    _write_secret(directory / "client.key", kp.private_text())
+    (directory / "client.toml").write_text(templates.client_toml(name, server, server_key, interface))
+    data = {"config": str(directory / "client.toml"), "public_key": kp.public_text()}
+    output.emit(data, as_json, lambda d: (
+        f"wrote {d['config']}\nclient public key: {d['public_key']}\n"
+        f"start it with: hamachi client up --config {d['config']}"))
+
+
+@client_app.command("up")
+def client_up(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
+              verbose: VerboseOpt = 0) -> None:
+    """Run the client daemon in the foreground: TUN device, tunnels, control connection."""
+    global _verbose
+    _verbose = verbose
+    settings = _load("client", config)
+    if check:
+        _check_view("client", settings, as_json)
+        return
+    from hamachi.roles import client
+
+    _run_daemon(client.run, settings)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _render_status(d: dict[str, Any]) -> Any:
+    from rich.console import Group
+
+    head = Table.grid(padding=(0, 2))
+    head.add_row("interface", str(d.get("interface")), "addresses", ", ".join(d.get("addresses", [])))
+    head.add_row("public key", str(d.get("public_key")), "listen", str(d.get("listen")))
+    head.add_row("offload", str(d.get("offload")), "server", str(d.get("server", "-")))
+    t = Table(title="peers")
+    for col in ("peer", "addresses", "endpoint", "path", "rtt", "handshake", "rx", "tx", "drops"):
+        t.add_column(col)
+    for p in d.get("peers", []):
+        drops = ", ".join(f"{k}={v}" for k, v in (p.get("drops") or {}).items() if v) or "-"
+        hs = p.get("last_handshake_ago")
+        t.add_row(
+            p.get("name") or p["public_key"][:10] + "…",
+            ", ".join(p.get("addresses", [])),
+            p.get("endpoint") or "-",
+            p.get("path", "-"),
+            f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-",
+            f"{hs:.0f}s ago" if hs is not None else "never",
+            f"{_fmt_bytes(p.get('rx_bytes', 0))} / {p.get('rx_packets', 0)} pkts",
+            f"{_fmt_bytes(p.get('tx_bytes', 0))} / {p.get('tx_packets', 0)} pkts",
+            drops,
+        )
+    drops = d.get("drops") or {}
+    g = [head, t]
+    if any(drops.values()):
+        dt = Table(title="dropped packets")
+        dt.add_column("reason")
+        dt.add_column("count", justify="right")
+        for k, v in sorted(drops.items()):
+            if v:
+                dt.add_row(k, str(v))
+        g.append(dt)
+    return Group(*g)
+
+
+@client_app.command("status")
+def client_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the running daemon: interface, each peer's path, RTT, traffic and drops."""
+    settings = _load("client", config)
+    result = _api(settings, "status")
+    output.emit(result, as_json, _render_status)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,37 @@
+"""Results to stdout (rich table or JSON with schema_version); logs to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+SCHEMA_VERSION = 1
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], Any]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        result = render(data)
+        if result is not None:
+            out.print(result)
+
+
+def fail(line: str) -> None:
+    err.print(f"[bold red]error:[/] {line}", markup=True, highlight=False)
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

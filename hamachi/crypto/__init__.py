@@ -1,0 +1,1 @@
+"""Keys, the Noise IK handshake, transport sessions and the replay window. Pure: no I/O."""

@@ -1,0 +1,1 @@
+"""The only layer that touches asyncio, sockets, TUN/TAP devices, clocks and the OS."""

@@ -1,0 +1,102 @@
+"""Local API: newline-delimited JSON over a Unix socket that only root may open.
+
+Request:  {"verb": "status", "args": {...}}
+Response: {"ok": true, "result": ...} or {"ok": false, "error": "one line", "code": N}
+
+The daemon side is an asyncio server; the CLI side is a tiny blocking client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST = 64 * 1024
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ApiError(Exception):
+    """An error the daemon reports to the CLI as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonNotRunning(Exception):
+    pass
+
+
+async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                reply = await _dispatch(line, handlers)
+                writer.write(json.dumps(reply, default=str).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    old = os.umask(0o177)  # socket file is created 0600: root only
+    try:
+        server = await asyncio.start_unix_server(on_conn, path=str(path), limit=MAX_REQUEST)
+    finally:
+        os.umask(old)
+    return server
+
+
+async def _dispatch(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+    try:
+        req = json.loads(line)
+        verb = req["verb"]
+        args = req.get("args") or {}
+        if not isinstance(args, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return {"ok": False, "error": "malformed request", "code": 2}
+    handler = handlers.get(verb)
+    if handler is None:
+        return {"ok": False, "error": f"unknown verb {verb!r}", "code": 2}
+    try:
+        return {"ok": True, "result": await handler(args)}
+    except ApiError as exc:
+        return {"ok": False, "error": str(exc), "code": exc.code}
+
+
+def call(path: Path, verb: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    """Blocking client used by the CLI. Raises DaemonNotRunning or ApiError."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonNotRunning(f"no daemon is listening on {path}") from exc
+        s.sendall(json.dumps({"verb": verb, "args": args or {}}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise DaemonNotRunning(f"the daemon on {path} closed the connection")
+            buf += chunk
+    finally:
+        s.close()
+    reply = json.loads(buf)
+    if not reply.get("ok"):
+        raise ApiError(reply.get("error", "unknown error"), reply.get("code", 1))
+    return reply.get("result")

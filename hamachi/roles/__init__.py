@@ -1,0 +1,1 @@
+"""Composition roots: each role wires config, io and proto together."""

@@ -1,0 +1,1 @@
+"""Pure codecs: bytes <-> frozen dataclasses. No I/O, no clocks."""
