@@ -462,8 +462,9 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     state_dir = c.path("state_dir", ".")
 
     s = ld.section("server")
+    server_given = "address" in s.table
     server = s.endpoint("address", default_port=DEFAULT_CONTROL_PORT)
-    server_key = s.public_key("public_key", required=server is not None)
+    server_key = s.public_key("public_key", required=server_given)
     s.finish()
 
     t = ld.section("tunnel")
@@ -507,7 +508,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         if pk is not None:
             peers.append(StaticPeer(pk, tuple(addrs), ep, pname, pka))
     c.finish()
-    if server is None and not peers:
+    if not server_given and not peers:
         ld.problem("server.address", "is required unless static [[peer]] entries are given")
     ld.finish()
     if api_socket is None:
