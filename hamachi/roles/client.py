@@ -1,7 +1,135 @@
-"""Composition root for the client role: config + io + proto wired together."""
+"""Composition root for the client: config + TUN + UDP + Tunnel core + local API.
+
+Static peers from the config are added at start. `ClientDaemon.add_peer`,
+`remove_peer` and `set_endpoint` are the seam through which the control
+connection (server-driven presence) adds and drops tunnels.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import time
+from typing import Any
 
-def run(settings) -> int:
-    raise NotImplementedError("the client role is being built")
+from hamachi.config import ClientSettings, StaticPeer
+from hamachi.io import localapi, netconf
+from hamachi.io.dataplane import DataPlane
+from hamachi.io.privilege import require_net_admin
+from hamachi.io.tun import TunDevice
+from hamachi.io.udp import UdpSocket
+from hamachi.proto.tunnel import PeerConfig, Tunnel
+
+log = logging.getLogger("hamachi.client")
+
+
+def _resolve(host: str) -> str:
+    import socket
+
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+
+
+class ClientDaemon:
+    def __init__(self, settings: ClientSettings):
+        self.settings = settings
+        self.tun: TunDevice | None = None
+        self.udp: UdpSocket | None = None
+        self.dataplane: DataPlane | None = None
+        self.api_server: asyncio.AbstractServer | None = None
+        self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status}
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        require_net_admin("creating the TUN device")
+        self.tun = TunDevice(s.interface, s.mode, offload=s.offload)
+        addrs = [a for a in (s.address4, s.address6) if a is not None]
+        routes = []
+        for p in s.peers:
+            for a in p.addresses:
+                if not any(a.network.subnet_of(x.network) for x in addrs if x.version == a.version):
+                    routes.append(a.network)
+        netconf.configure(self.tun.name, s.mtu, addrs, routes)
+        self.udp = UdpSocket("0.0.0.0", s.listen_port, offload=s.offload)
+        tunnel = Tunnel(s.key, time.monotonic(), os.urandom, wall_offset=time.time() - time.monotonic())
+        for p in s.peers:
+            tunnel.add_peer(self._peer_config(p))
+        self.dataplane = DataPlane(self.tun, self.udp, tunnel)
+        self.dataplane.start()
+        log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
+                 self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
+                 self.dataplane.offload_status)
+
+    def _peer_config(self, p: StaticPeer) -> PeerConfig:
+        ep = (_resolve(p.endpoint.host), p.endpoint.port) if p.endpoint else None
+        return PeerConfig(p.public_key, p.addresses, ep, p.keepalive, p.name)
+
+    def stop(self) -> None:
+        if self.dataplane is not None:
+            self.dataplane.stop()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tun is not None:
+            self.tun.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.settings.api_socket.unlink()
+
+    # -- the seam for the control plane ----------------------------------------
+    async def _in_loop(self, fn):
+        return await asyncio.wrap_future(self.dataplane.call(fn))
+
+    async def add_peer(self, cfg: PeerConfig) -> None:
+        await self._in_loop(lambda t, now: t.add_peer(cfg) and None)
+
+    async def remove_peer(self, public_key: bytes) -> None:
+        await self._in_loop(lambda t, now: t.remove_peer(public_key))
+
+    async def set_endpoint(self, public_key: bytes, endpoint: tuple[str, int]) -> None:
+        await self._in_loop(lambda t, now: t.set_endpoint(public_key, endpoint))
+
+    # -- local API -------------------------------------------------------------
+    async def _api_status(self, args: dict) -> dict:
+        s = self.settings
+        snap = await self._in_loop(lambda t, now: t.stats(now))
+        drops = dict(snap["drops"])
+        for k, v in self.dataplane.drops.items():
+            drops[k] = drops.get(k, 0) + v
+        return {
+            "interface": self.tun.name,
+            "mode": s.mode,
+            "addresses": [str(a) for a in (s.address4, s.address6) if a is not None],
+            "public_key": s.key.public_text(),
+            "listen": self.udp.port,
+            "offload": self.dataplane.offload_status,
+            "server": str(s.server) if s.server else None,
+            "peers": snap["peers"],
+            "drops": drops,
+        }
+
+    async def serve(self) -> None:
+        self.api_server = await localapi.serve(self.settings.api_socket, self.handlers)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.api_server.close()
+
+
+def run(settings: ClientSettings) -> int:
+    daemon = ClientDaemon(settings)
+    try:
+        daemon.start()
+        asyncio.run(daemon.serve())
+    finally:
+        daemon.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,265 @@
+"""Segmentation offload helpers, pure functions on bytes.
+
+With IFF_VNET_HDR and TSO the kernel hands the TUN reader TCP super-packets
+(up to 64 KB) behind a virtio-net header (virtio spec §5.1.6):
+
+    0        1          2            4            6              8              10
+    +--------+----------+------------+------------+--------------+--------------+
+    | flags  | gso_type | hdr_len    | gso_size   | csum_start   | csum_offset  |   little-endian
+    +--------+----------+------------+------------+--------------+--------------+
+
+`split()` cuts such a packet into MSS-sized IP packets, each with correct IP
+and TCP headers and full checksums, so each can be sealed and sent on its
+own (one lost datagram loses one segment, not a burst). `coalesce()` does the
+reverse on the receiving side: consecutive in-order segments of one TCP flow
+become one GSO super-packet, written to the TUN in one write with
+NEEDS_CSUM, and the kernel finishes the checksum.
+
+Checksums use the fact that 2**16 = 1 (mod 0xffff): the ones'-complement sum
+of 16-bit words equals the big-endian integer value of the bytes mod 0xffff,
+which C-speed int.from_bytes computes quickly (RFC 1071 §2).
+"""
+
+from __future__ import annotations
+
+import struct
+
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_HDR_LEN = 10
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+PLAIN_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
+MAX_COALESCE = 65535 - 60
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
+
+
+class OffloadError(ValueError):
+    """A virtio-net header or super-packet we cannot handle; `reason` names the drop."""
+
+    def __init__(self, reason: str, msg: str):
+        super().__init__(msg)
+        self.reason = reason
+
+
+def csum_fold(data: bytes, initial: int = 0) -> int:
+    """Ones'-complement sum of 16-bit big-endian words, folded to 16 bits (not inverted)."""
+    if len(data) & 1:
+        data += b"\x00"
+    s = (int.from_bytes(data, "big") + initial) % 0xFFFF
+    return s if s else (0xFFFF if data.strip(b"\x00") or initial else 0)
+
+
+def checksum(data: bytes, initial: int = 0) -> int:
+    """The Internet checksum (the complement of the folded sum)."""
+    return (0xFFFF - csum_fold(data, initial)) & 0xFFFF
+
+
+def pseudo_sum(packet: bytes, l4_len: int, proto: int) -> int:
+    v = packet[0] >> 4
+    if v == 4:
+        return csum_fold(packet[12:20] + struct.pack("!HH", proto, l4_len))
+    return csum_fold(packet[8:40] + struct.pack("!IxxxB", l4_len, proto))
+
+
+def finish_checksum(packet: bytes, csum_start: int, csum_offset: int) -> bytes:
+    """Complete a partial checksum (NEEDS_CSUM): sum from csum_start, store the complement."""
+    at = csum_start + csum_offset
+    if at + 2 > len(packet) or csum_start >= len(packet):
+        raise OffloadError("bad_vnet_header", "checksum offset beyond the packet")
+    value = (0xFFFF - csum_fold(packet[csum_start:])) & 0xFFFF
+    return packet[:at] + struct.pack("!H", value) + packet[at + 2 :]
+
+
+def _ip_header_checksum(hdr: bytearray) -> None:
+    hdr[10:12] = b"\x00\x00"
+    hdr[10:12] = struct.pack("!H", (0xFFFF - csum_fold(bytes(hdr))) & 0xFFFF)
+
+
+def split(buf: bytes) -> list[bytes]:
+    """A packet read from a vnet-header TUN -> plain IP packets with valid checksums."""
+    if len(buf) < VNET_HDR_LEN:
+        raise OffloadError("bad_vnet_header", "shorter than a virtio-net header")
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    pkt = buf[VNET_HDR_LEN:]
+    gso = gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        if flags & F_NEEDS_CSUM:
+            pkt = finish_checksum(pkt, csum_start, csum_offset)
+        return [pkt]
+    if gso not in (GSO_TCPV4, GSO_TCPV6) or gso_size == 0:
+        raise OffloadError("unsupported_gso", f"unsupported gso_type {gso_type} / gso_size {gso_size}")
+    return split_tcp(pkt, gso_size)
+
+
+def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
+    v = pkt[0] >> 4 if pkt else 0
+    if v == 4:
+        ihl = (pkt[0] & 0x0F) * 4
+        if ihl < 20 or len(pkt) < ihl + 20 or pkt[9] != 6:
+            raise OffloadError("bad_gso_packet", "not a TCP/IPv4 packet")
+    elif v == 6:
+        ihl = 40
+        if len(pkt) < 60 or pkt[6] != 6:
+            raise OffloadError("bad_gso_packet", "not a TCP/IPv6 packet (extension headers unsupported)")
+    else:
+        raise OffloadError("bad_gso_packet", "not an IP packet")
+    thl = (pkt[ihl + 12] >> 4) * 4
+    if thl < 20 or len(pkt) < ihl + thl:
+        raise OffloadError("bad_gso_packet", "bad TCP header length")
+    hlen = ihl + thl
+    payload = pkt[hlen:]
+    if len(payload) <= mss:
+        seg = bytearray(pkt)
+        _fix_tcp(seg, ihl, thl, v)
+        return [bytes(seg)]
+    ip_hdr = pkt[:ihl]
+    tcp_hdr = pkt[ihl:hlen]
+    seq = struct.unpack_from("!I", tcp_hdr, 4)[0]
+    flags = tcp_hdr[13]
+    ip_id = struct.unpack_from("!H", ip_hdr, 4)[0] if v == 4 else 0
+    n = (len(payload) + mss - 1) // mss
+    out = []
+    pseudo_base = csum_fold(pkt[12:20]) if v == 4 else csum_fold(pkt[8:40])
+    for i in range(n):
+        chunk = payload[i * mss : (i + 1) * mss]
+        ih = bytearray(ip_hdr)
+        th = bytearray(tcp_hdr)
+        if v == 4:
+            struct.pack_into("!H", ih, 2, hlen + len(chunk))
+            struct.pack_into("!H", ih, 4, (ip_id + i) & 0xFFFF)
+            _ip_header_checksum(ih)
+        else:
+            struct.pack_into("!H", ih, 4, thl + len(chunk))
+        struct.pack_into("!I", th, 4, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags
+        if i != n - 1:
+            f &= ~(TCP_FIN | TCP_PSH)
+        if i != 0:
+            f &= ~TCP_CWR
+        th[13] = f
+        th[16:18] = b"\x00\x00"
+        l4 = thl + len(chunk)
+        initial = pseudo_base + 6 + l4
+        s = csum_fold(bytes(th) + chunk, initial)
+        struct.pack_into("!H", th, 16, (0xFFFF - s) & 0xFFFF)
+        out.append(bytes(ih) + bytes(th) + chunk)
+    return out
+
+
+def _fix_tcp(seg: bytearray, ihl: int, thl: int, v: int) -> None:
+    """A GSO packet that fits in one segment: fix lengths and checksums in place."""
+    if v == 4:
+        struct.pack_into("!H", seg, 2, len(seg))
+        ih = bytearray(seg[:ihl])
+        _ip_header_checksum(ih)
+        seg[:ihl] = ih
+        base = csum_fold(bytes(seg[12:20]))
+    else:
+        struct.pack_into("!H", seg, 4, len(seg) - 40)
+        base = csum_fold(bytes(seg[8:40]))
+    seg[ihl + 16 : ihl + 18] = b"\x00\x00"
+    s = csum_fold(bytes(seg[ihl:]), base + 6 + len(seg) - ihl)
+    struct.pack_into("!H", seg, ihl + 16, (0xFFFF - s) & 0xFFFF)
+
+
+_MERGE_BLOCKERS = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR | TCP_ECE
+
+
+def _flow(pkt: bytes):
+    """(flow key, ihl, thl, seq, flags, payload length) for a mergeable TCP packet, else None."""
+    n = len(pkt)
+    if n < 40:
+        return None
+    v = pkt[0] >> 4
+    if v == 4:
+        if pkt[0] != 0x45 or pkt[9] != 6 or pkt[6] & 0x3F or pkt[7]:  # options or fragments
+            return None
+        ihl = 20
+        key_ip = pkt[12:20]
+    elif v == 6:
+        if n < 60 or pkt[6] != 6:
+            return None
+        ihl = 40
+        key_ip = pkt[8:40]
+    else:
+        return None
+    thl = (pkt[ihl + 12] >> 4) * 4
+    flags = pkt[ihl + 13]
+    if flags & _MERGE_BLOCKERS or not flags & TCP_ACK or n <= ihl + thl:
+        return None
+    # Flow: addresses, ports, ack number, window and options must match to merge.
+    key = (key_ip, pkt[ihl : ihl + 4], pkt[ihl + 8 : ihl + 12], pkt[ihl + 14 : ihl + 16], pkt[ihl + 20 : ihl + thl],
+           v, thl)
+    seq = int.from_bytes(pkt[ihl + 4 : ihl + 8], "big")
+    return key, ihl, thl, seq, flags, n - ihl - thl
+
+
+def coalesce(packets: list[bytes]) -> list[bytes]:
+    """Inner packets (in arrival order) -> TUN writes with a virtio-net header each.
+
+    Runs of in-order TCP segments of one flow, all but the last of equal size,
+    become one GSO super-packet; everything else passes through unchanged.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(packets)
+    while i < n:
+        p = packets[i]
+        f = _flow(p)
+        if f is None:
+            out.append(PLAIN_HDR + p)
+            i += 1
+            continue
+        key, ihl, thl, seq, flags, plen = f
+        run = [p]
+        total = len(p)
+        nxt = seq + plen
+        last_flags = flags
+        j = i + 1
+        while j < n and not last_flags & TCP_PSH:
+            g = _flow(packets[j])
+            if g is None or g[0] != key or g[3] != nxt or g[5] > plen or total + g[5] > MAX_COALESCE:
+                break
+            run.append(packets[j])
+            total += g[5]
+            nxt += g[5]
+            last_flags = g[4]
+            j += 1
+            if g[5] < plen:
+                break
+        if len(run) == 1:
+            out.append(PLAIN_HDR + p)
+        else:
+            out.append(_merge(run, ihl, thl, plen, last_flags))
+        i = j
+    return out
+
+
+def _merge(run: list[bytes], ihl: int, thl: int, mss: int, last_flags: int) -> bytes:
+    first = run[0]
+    hlen = ihl + thl
+    body = b"".join([first[hlen:]] + [p[hlen:] for p in run[1:]])
+    hdr = bytearray(first[:hlen])
+    v = first[0] >> 4
+    total = hlen + len(body)
+    if v == 4:
+        struct.pack_into("!H", hdr, 2, total)
+        ih = bytearray(hdr[:20])
+        _ip_header_checksum(ih)
+        hdr[:20] = ih
+        pseudo = csum_fold(bytes(hdr[12:20]), 6 + total - ihl)
+        gso = GSO_TCPV4
+    else:
+        struct.pack_into("!H", hdr, 4, total - 40)
+        pseudo = csum_fold(bytes(hdr[8:40]), 6 + total - ihl)
+        gso = GSO_TCPV6
+    hdr[ihl + 13] = hdr[ihl + 13] | (last_flags & TCP_PSH)
+    # NEEDS_CSUM: the checksum field holds the pseudo-header sum; the kernel adds the rest.
+    struct.pack_into("!H", hdr, ihl + 16, pseudo)
+    vh = VNET_HDR.pack(F_NEEDS_CSUM, gso, hlen, mss, ihl, 16)
+    return vh + bytes(hdr) + body
