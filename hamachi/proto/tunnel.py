@@ -473,9 +473,7 @@ class Tunnel:
         self._index[pending.index] = (peer, session)
         if peer.previous is not None:
             self._index.pop(peer.previous.local_index, None)
-        if peer.next is not None:
-            self._index.pop(peer.next.local_index, None)
-            peer.next = None
+        # A `next` session from a crossing initiation stays: the peer may already be sending with it.
         peer.previous = peer.current
         peer.current = session
         peer.pending = None
