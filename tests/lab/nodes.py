@@ -1,0 +1,114 @@
+"""Run real hamachi daemons in lab hosts: configs, start, wait for their local API, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from hamachi.crypto.keys import KeyPair
+from tests.lab.topology import Host, Lab
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def hamachi_cmd() -> list[str]:
+    """The program under test: the zipapp when HAMACHI_PYZ points at one, else this checkout."""
+    pyz = os.environ.get("HAMACHI_PYZ")
+    if pyz:
+        return [sys.executable, pyz]
+    return [sys.executable, "-m", "hamachi"]
+
+
+def write_key(path: Path) -> KeyPair:
+    kp = KeyPair.generate()
+    path.write_text(kp.private_text() + "\n")
+    os.chmod(path, 0o600)
+    return kp
+
+
+def static_client_config(directory: Path, name: str, address: str, peers: list[dict], *, port: int = 51820,
+                         offload: bool = True, mtu: int = 1420, keepalive: float = 0) -> tuple[Path, KeyPair]:
+    directory.mkdir(parents=True, exist_ok=True)
+    kp = write_key(directory / f"{name}.key")
+    peer_text = ""
+    for p in peers:
+        peer_text += textwrap.dedent(f"""
+            [[peer]]
+            name = "{p['name']}"
+            public_key = "{p['public_key']}"
+            addresses = {json.dumps(p['addresses'])}
+            endpoint = "{p['endpoint']}"
+            keepalive = {p.get('keepalive', keepalive)}
+            """)
+    cfg = directory / f"{name}.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [client]
+        name = "{name}"
+        key_file = "{name}.key"
+        api_socket = "{directory}/{name}.sock"
+        [tunnel]
+        interface = "ham0"
+        address = "{address}"
+        listen_port = {port}
+        offload = {str(offload).lower()}
+        mtu = {mtu}
+        """) + peer_text)
+    return cfg, kp
+
+
+def static_pair(lab: Lab, directory: Path, a: str = "a", b: str = "b", offload: bool = True,
+                keepalive: float = 0) -> dict[str, Path]:
+    """Configs for a two-host static tunnel: `a` is 100.64.0.1, `b` is 100.64.0.2."""
+    keys = {}
+    for n in (a, b):
+        keys[n] = write_key(directory / f"{n}.tmpkey")
+    cfgs = {}
+    for me, other, mine, theirs in ((a, b, "100.64.0.1/24", "100.64.0.2/32"), (b, a, "100.64.0.2/24", "100.64.0.1/32")):
+        cfg, kp = static_client_config(directory / me, me, mine, [], offload=offload)
+        (directory / me / f"{me}.key").write_text(keys[me].private_text() + "\n")
+        text = cfg.read_text() + textwrap.dedent(f"""
+            [[peer]]
+            name = "{other}"
+            public_key = "{keys[other].public_text()}"
+            addresses = ["{theirs}"]
+            endpoint = "{lab.host(other).addr}:51820"
+            keepalive = {keepalive}
+            """)
+        cfg.write_text(text)
+        cfgs[me] = cfg
+    return cfgs
+
+
+def start_client(host: Host, cfg: Path, log: Path | None = None) -> subprocess.Popen:
+    out = open(log or cfg.with_suffix(".log"), "ab")
+    p = host.popen([*hamachi_cmd(), "client", "up", "--config", str(cfg), "-v"], stdout=out, stderr=out,
+                   cwd=str(ROOT))
+    host.lab.wait_for(lambda: p.poll() is not None or status(host, cfg, check=False) is not None, timeout=20,
+                      what=f"hamachi client on {host.name} to serve its local API")
+    if p.poll() is not None:
+        raise RuntimeError(f"hamachi client on {host.name} exited {p.returncode}: "
+                           f"{Path(out.name).read_text()[-2000:]}")
+    return p
+
+
+def status(host: Host, cfg: Path, check: bool = True) -> dict | None:
+    r = host.run([*hamachi_cmd(), "client", "status", "--config", str(cfg), "--json"], check=False, cwd=str(ROOT))
+    if r.returncode != 0:
+        if check:
+            raise RuntimeError(f"status failed on {host.name}: {r.stderr}")
+        return None
+    return json.loads(r.stdout)
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
