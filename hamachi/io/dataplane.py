@@ -94,20 +94,28 @@ class DataPlane:
                 events = ep.poll(max(0.0, next_timer - now))
                 now = clock()
                 for fd, _ in events:
-                    if fd == udp_fd:
-                        self._from_udp(now)
-                    elif fd == tun_fd:
-                        self._from_tun(now)
-                    else:
-                        self._run_calls(now)
-                if now >= next_timer:
-                    tunnel.handle_timer(now)
-                self._flush()
-        except Exception:  # a bug here must not silently kill the tunnel: log it loudly
-            log.exception("data plane loop crashed")
-            raise
+                    try:
+                        if fd == udp_fd:
+                            self._from_udp(now)
+                        elif fd == tun_fd:
+                            self._from_tun(now)
+                        else:
+                            self._run_calls(now)
+                    except Exception:  # one bad packet must never stop the tunnel
+                        self._internal_error()
+                try:
+                    if now >= next_timer:
+                        tunnel.handle_timer(now)
+                    self._flush()
+                except Exception:
+                    self._internal_error()
         finally:
             ep.close()
+
+    def _internal_error(self) -> None:
+        self.drops["internal_error"] += 1
+        if self.drops["internal_error"] <= 10:
+            log.exception("data plane: unexpected error (packet dropped, loop continues)")
 
     def _run_calls(self, now: float) -> None:
         try:

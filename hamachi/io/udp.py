@@ -19,6 +19,10 @@ MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65507
 RECV_SIZE = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(4)
+# A datagram the network refused right now (full buffers, unreachable, or dropped by a local
+# firewall, which the kernel reports as EPERM): counted by the caller, never fatal.
+TRANSIENT = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                       errno.EPERM, errno.EACCES, errno.EMSGSIZE})
 _U16 = struct.Struct("=H")
 
 
@@ -85,8 +89,7 @@ class UdpSocket:
                         self.gso = False  # e.g. the route's device cannot segment: fall back for good
                         for d in datagrams[i:j]:
                             sent += self._sendto(d, addr)
-                    elif exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH,
-                                           errno.ENETUNREACH):
+                    elif exc.errno not in TRANSIENT:
                         raise
             i = j
         return sent
@@ -96,8 +99,7 @@ class UdpSocket:
             self.sock.sendto(d, addr)
             return 1
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH,
-                             errno.ENETUNREACH, errno.EPERM):
+            if exc.errno in TRANSIENT:
                 return 0
             raise
 

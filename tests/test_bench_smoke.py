@@ -1,0 +1,36 @@
+"""scripts/bench keeps working: one quick run, all sections present, traffic flowed. No speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_lab
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.lab
+
+
+def test_bench_quick_smoke():
+    require_lab()
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed (run scripts/setup)")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--json"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["schema_version"] == 1
+    data = out["data"]
+    assert {"veth", "hamachi"} <= set(data)
+    for name, m in data.items():
+        assert m["tcp1"] > 0 and m["tcp4"] > 0, name
+        assert m["rtt_avg"] is not None, name
+    assert data["hamachi"]["tcp_loss"] > 0
+    assert data["hamachi"]["small_pps"] > 0
+    if shutil.which("wireguard-go"):
+        assert "wireguard-go" in data and "tcp1" in out["ratios_vs_wireguard_go"]
