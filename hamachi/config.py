@@ -15,16 +15,11 @@ import difflib
 import ipaddress
 import os
 import stat
-import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from hamachi.crypto.keys import KeyError_, KeyPair, decode_key
 

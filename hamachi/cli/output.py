@@ -12,7 +12,8 @@ from rich.console import Console
 
 SCHEMA_VERSION = 1
 
-out = Console(highlight=False, soft_wrap=True)
+# Not a terminal (pipes, CI, scripts): wide enough that tables do not wrap every cell.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -22,7 +23,9 @@ def emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]],
         sys.stdout.flush()
     else:
         result = render(data)
-        if result is not None:
+        if isinstance(result, str):
+            out.print(result, markup=False)  # plain text may contain brackets, e.g. [[relay]]
+        elif result is not None:
             out.print(result)
 
 

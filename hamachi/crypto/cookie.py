@@ -19,7 +19,10 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt, crypto_aead_xchacha20poly1305_ietf_encrypt
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
 from nacl.exceptions import CryptoError
 
 MAC_LEN = 16

@@ -37,7 +37,8 @@ from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_encrypt,
     crypto_scalarmult,
 )
-from nacl.exceptions import CryptoError, RuntimeError as NaclRuntimeError
+from nacl.exceptions import CryptoError
+from nacl.exceptions import RuntimeError as NaclRuntimeError
 
 from hamachi.crypto.keys import KeyPair
 

@@ -63,23 +63,19 @@ def static_client_config(directory: Path, name: str, address: str, peers: list[d
 def static_pair(lab: Lab, directory: Path, a: str = "a", b: str = "b", offload: bool = True,
                 keepalive: float = 0) -> dict[str, Path]:
     """Configs for a two-host static tunnel: `a` is 100.64.0.1, `b` is 100.64.0.2."""
-    keys = {}
-    for n in (a, b):
-        keys[n] = write_key(directory / f"{n}.tmpkey")
-    cfgs = {}
-    for me, other, mine, theirs in ((a, b, "100.64.0.1/24", "100.64.0.2/32"), (b, a, "100.64.0.2/24", "100.64.0.1/32")):
-        cfg, kp = static_client_config(directory / me, me, mine, [], offload=offload)
-        (directory / me / f"{me}.key").write_text(keys[me].private_text() + "\n")
-        text = cfg.read_text() + textwrap.dedent(f"""
-            [[peer]]
-            name = "{other}"
-            public_key = "{keys[other].public_text()}"
-            addresses = ["{theirs}"]
-            endpoint = "{lab.host(other).addr}:51820"
-            keepalive = {keepalive}
-            """)
-        cfg.write_text(text)
-        cfgs[me] = cfg
+    keys, cfgs = {}, {}
+    for me, mine in ((a, "100.64.0.1/24"), (b, "100.64.0.2/24")):
+        cfgs[me], keys[me] = static_client_config(directory / me, me, mine, [], offload=offload)
+    for me, other, theirs in ((a, b, "100.64.0.2/32"), (b, a, "100.64.0.1/32")):
+        with open(cfgs[me], "a") as fh:
+            fh.write(textwrap.dedent(f"""
+                [[peer]]
+                name = "{other}"
+                public_key = "{keys[other].public_text()}"
+                addresses = ["{theirs}"]
+                endpoint = "{lab.host(other).addr}:51820"
+                keepalive = {keepalive}
+                """))
     return cfgs
 
 

@@ -67,7 +67,7 @@ def start_coturn(lab: Lab, workdir: Path) -> subprocess.Popen:
         cmd += ["-L", a]
     p = srv.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     probe = ("import socket,os;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2);"
-             "s.sendto(bytes.fromhex('000100002112a442')+os.urandom(12),('%s',3478));s.recv(100)" % SERVER_ADDRS[0])
+             f"s.sendto(bytes.fromhex('000100002112a442')+os.urandom(12),('{SERVER_ADDRS[0]}',3478));s.recv(100)")
     lab.wait_for(lambda: lab.host("pub" if "pub" in lab.hosts else "srv").run(
         ["python3", "-c", probe], check=False).returncode == 0, timeout=10, what="coturn to answer STUN")
     return p
@@ -126,7 +126,7 @@ def run_selftest(lab: Lab) -> list[Verdict]:
             with ThreadPoolExecutor(8) as ex:
                 results = list(ex.map(lambda h: classify(lab, h[0]), hosts))
             verdicts = []
-            for (name, kind, hairpin), res in zip(hosts, results):
+            for (name, kind, hairpin), res in zip(hosts, results, strict=False):
                 m, f = EXPECTED_BY_KIND[kind]
                 v = Verdict(name, kind, res["mapping"], res["filtering"], res["hairpin"], (m, f, hairpin))
                 if kind == "udp-hostile" and "pub" in lab.hosts:
@@ -144,4 +144,4 @@ def format_table(verdicts: list[Verdict]) -> str:
         hp = "-" if v.expected[2] is None else ("yes" if v.hairpin else "no")
         rows.append((v.host, v.kind, v.mapping or "?", v.filtering or "?", hp, "OK" if v.ok else "WRONG", v.note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
