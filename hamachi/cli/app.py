@@ -136,7 +136,8 @@ def _api(settings: Any, verb: str, args: dict[str, Any] | None = None) -> Any:
     try:
         return localapi.call(settings.api_socket, verb, args)
     except localapi.DaemonNotRunning as exc:
-        output.fail(f"{exc}; start it with `hamachi client up --config {settings.config_path}`")
+        role = "server run" if hasattr(settings, "listen") else "client up"
+        output.fail(f"{exc}; start it with `hamachi {role} --config {settings.config_path}`")
         _exit(ExitCode.NOT_RUNNING)
     except PermissionError:
         output.fail(f"permission denied on {settings.api_socket}: the local API is for root only")
@@ -358,6 +359,119 @@ def client_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     settings = _load("client", config)
     result = _api(settings, "status")
     output.emit(result, as_json, _render_status)
+
+
+def _render_networks(d: dict[str, Any]) -> Any:
+    from rich.console import Group
+
+    if not d["networks"]:
+        return "not a member of any network (create one with `hamachi client create NAME`)"
+    tables = []
+    for n in d["networks"]:
+        flags = ", ".join(f for f, on in (("locked", n["locked"]), ("approval", n["approval"])) if on) or "open"
+        t = Table(title=f"{n['name']}  ({n['mode']}, {flags}, max {n['max_members']})")
+        for col in ("member", "address", "state", "online"):
+            t.add_column(col)
+        for m in n["members"]:
+            t.add_row(m["nickname"] + (" (owner)" if m["owner"] else ""), m["address4"], m["state"],
+                      "yes" if m["online"] else "no")
+        tables.append(t)
+    return Group(*tables)
+
+
+@client_app.command("networks")
+def client_networks(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List your networks and their members, with who is online."""
+    settings = _load("client", config)
+    output.emit(_api(settings, "networks"), as_json, _render_networks)
+
+
+@client_app.command("peers")
+def client_peers(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List the peers you have tunnels to: path, endpoint, handshake, traffic."""
+    settings = _load("client", config)
+    result = _api(settings, "status")
+    output.emit({"peers": result["peers"]}, as_json, lambda d: _render_status({"peers": d["peers"]}).renderables[1])
+
+
+NetworkArg = Annotated[str, typer.Argument(help="Network name.")]
+MemberArg = Annotated[str, typer.Argument(help="Member: nickname, overlay address or public key.")]
+
+
+def _network_verb(verb: str, settings: Any, as_json: bool, done: str, **args: Any) -> None:
+    _api(settings, verb, {k: v for k, v in args.items() if v is not None})
+    output.emit({"ok": True, "verb": verb, **{k: v for k, v in args.items() if k != "password"}}, as_json,
+                lambda d: done)
+
+
+@client_app.command("create")
+def client_create(
+    network: NetworkArg,
+    password: Annotated[str | None, typer.Option(help="Password others must give to join.")] = None,
+    approval: Annotated[bool, typer.Option(help="Joins wait for your approval.")] = False,
+    mode: Annotated[str, typer.Option(help="tun (IP) or tap (Ethernet).")] = "tun",
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create a network; you become its owner."""
+    settings = _load("client", config)
+    _network_verb("create", settings, as_json, f"created {network}", network=network, password=password,
+                  approval="1" if approval else "0", mode=mode)
+
+
+@client_app.command("join")
+def client_join(
+    network: NetworkArg,
+    password: Annotated[str | None, typer.Option(help="The network's password.")] = None,
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Join a network (or ask to, where the owner approves joins)."""
+    settings = _load("client", config)
+    _network_verb("join", settings, as_json, f"joined {network}", network=network, password=password)
+
+
+def _owner_verb(verb: str, help_text: str, with_member: bool):
+    if with_member:
+        def cmd(network: NetworkArg, member: MemberArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+            settings = _load("client", config)
+            _network_verb(verb, settings, as_json, f"{verb}: {member} in {network}", network=network, member=member)
+    else:
+        def cmd(network: NetworkArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+            settings = _load("client", config)
+            _network_verb(verb, settings, as_json, f"{verb}: {network}", network=network)
+    cmd.__doc__ = help_text
+    client_app.command(verb)(cmd)
+
+
+_owner_verb("leave", "Leave a network; tunnels to its members go down.", False)
+_owner_verb("lock", "Owner: stop anyone new from joining.", False)
+_owner_verb("unlock", "Owner: let people join again.", False)
+_owner_verb("delete", "Owner: delete the network for everyone.", False)
+_owner_verb("approve", "Owner: let a waiting member in.", True)
+_owner_verb("reject", "Owner: turn a waiting member away.", True)
+_owner_verb("evict", "Owner: remove a member.", True)
+_owner_verb("transfer", "Owner: hand the network to another member.", True)
+
+
+@client_app.command("nick")
+def client_nick(nickname: Annotated[str, typer.Argument(help="Your new nickname.")], config: ConfigOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Change your nickname."""
+    settings = _load("client", config)
+    _network_verb("nick", settings, as_json, f"you are now {nickname}", nickname=nickname)
+
+
+@server_app.command("token")
+def server_token(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Mint a one-time enrolment token (for registration = "token")."""
+    settings = _load("server", config)
+    output.emit(_api(settings, "token"), as_json, lambda d: f"{d['token']}\n(valid {d['expires_in_days']:.0f} days, once)")
+
+
+@server_app.command("status")
+def server_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the running server: clients online, logins, drops."""
+    settings = _load("server", config)
+    output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 def main() -> None:

@@ -17,7 +17,9 @@ import time
 from typing import Any
 
 from hamachi.config import ClientSettings, StaticPeer
+from hamachi.crypto.keys import encode_key
 from hamachi.io import localapi, netconf
+from hamachi.io.control import ControlClient
 from hamachi.io.dataplane import DataPlane
 from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
@@ -44,7 +46,13 @@ class ClientDaemon:
         self.udp: UdpSocket | None = None
         self.dataplane: DataPlane | None = None
         self.api_server: asyncio.AbstractServer | None = None
-        self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status}
+        self.control: ControlClient | None = None
+        self.overlay: list = []
+        self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
+                                         "networks": self._api_networks}
+        for verb in ("create", "join", "leave", "approve", "reject", "evict", "lock", "unlock", "delete", "nick",
+                     "transfer"):
+            self.handlers[verb] = self._forward(verb)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -64,6 +72,11 @@ class ClientDaemon:
             tunnel.add_peer(self._peer_config(p))
         self.dataplane = DataPlane(self.tun, self.udp, tunnel)
         self.dataplane.start()
+        self.overlay = addrs
+        if s.server is not None:
+            self.control = ControlClient(
+                s.key, (_resolve(s.server.host), s.server.port), s.server_key, s.name, lambda: self.udp.port,
+                on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
                  self.dataplane.offload_status)
@@ -95,6 +108,56 @@ class ClientDaemon:
     async def set_endpoint(self, public_key: bytes, endpoint: tuple[str, int]) -> None:
         await self._in_loop(lambda t, now: t.set_endpoint(public_key, endpoint))
 
+    # -- control-plane events ---------------------------------------------------
+    async def _on_welcome(self, w) -> None:
+        want = [ipaddress.ip_interface(f"{w.address4}/{w.prefix4}"), ipaddress.ip_interface(f"{w.address6}/{w.prefix6}")]
+        if self.settings.address4 is None and want != self.overlay:
+            await asyncio.to_thread(netconf.configure, self.tun.name, self.settings.mtu, want)
+            self.overlay = want
+            log.info("overlay addresses from the server: %s", ", ".join(map(str, want)))
+
+    async def _on_peer_up(self, p) -> None:
+        ep = None
+        if p.endpoint:
+            host, _, port = p.endpoint.rpartition(":")
+            ep = (host.strip("[]"), int(port))
+        addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
+        await self.add_peer(PeerConfig(p.public_key, addrs, ep, self.settings.keepalive, p.nickname))
+        log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
+
+    async def _on_peer_down(self, p) -> None:
+        if p.reason == "lost":
+            # The server lost it, not us: keep the tunnel; keepalives tell whether it still works.
+            return
+        await self.remove_peer(p.public_key)
+        log.info("tunnel to %s dropped (%s)", encode_key(p.public_key)[:10], p.reason)
+
+    def _forward(self, verb: str):
+        async def handler(args: dict) -> dict:
+            if self.control is None:
+                raise localapi.ApiError("this client has no server configured (static peers only)")
+            try:
+                reply = await self.control.request(verb, **{k: str(v) for k, v in args.items() if v is not None})
+            except (TimeoutError, ConnectionError) as exc:
+                raise localapi.ApiError(f"the server did not answer: {exc}") from exc
+            if not reply.ok:
+                raise localapi.ApiError(reply.error)
+            return {"ok": True}
+        return handler
+
+    async def _api_networks(self, args: dict) -> dict:
+        if self.control is None:
+            return {"networks": []}
+        nets = []
+        for n in sorted(self.control.networks.values(), key=lambda n: n.name):
+            nets.append({"name": n.name, "owner": encode_key(n.owner), "mode": n.mode, "locked": bool(n.locked),
+                         "approval": bool(n.approval), "max_members": n.max_members,
+                         "members": [{"nickname": m.nickname, "public_key": encode_key(m.public_key),
+                                      "address4": m.address4, "address6": m.address6, "state": m.state,
+                                      "online": bool(m.online), "owner": m.public_key == n.owner}
+                                     for m in n.members]})
+        return {"networks": nets}
+
     # -- local API -------------------------------------------------------------
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
@@ -105,22 +168,30 @@ class ClientDaemon:
         return {
             "interface": self.tun.name,
             "mode": s.mode,
-            "addresses": [str(a) for a in (s.address4, s.address6) if a is not None],
+            "addresses": [str(a) for a in self.overlay],
             "public_key": s.key.public_text(),
             "listen": self.udp.port,
             "offload": self.dataplane.offload_status,
             "server": str(s.server) if s.server else None,
+            "server_connected": bool(self.control and self.control.connected),
+            "server_error": self.control.last_error if self.control else "",
             "peers": snap["peers"],
             "drops": drops,
         }
 
     async def serve(self) -> None:
         self.api_server = await localapi.serve(self.settings.api_socket, self.handlers)
+        control_task = asyncio.create_task(self.control.run()) if self.control else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if control_task is not None:
+            if self.control.connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.control.request("bye"), 2.0)
+            control_task.cancel()
         self.api_server.close()
 
 

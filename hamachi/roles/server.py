@@ -1,7 +1,64 @@
-"""Composition root for the server role: config + io + proto wired together."""
+"""Composition root for the control server: config + store + control listener + local API."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
+import signal
+import time
 
-def run(settings) -> int:
-    raise NotImplementedError("the server role is being built")
+from hamachi.config import ServerSettings
+from hamachi.crypto import password as pw
+from hamachi.io import localapi
+from hamachi.io.control import ControlListener
+from hamachi.proto.control_server import ControlServer
+from hamachi.store.sqlite import open_store
+
+log = logging.getLogger("hamachi.server")
+TOKEN_LIFETIME = 7 * 86400.0
+
+
+class ServerDaemon:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        s = settings
+        self.store = open_store(s.database, s.overlay4, s.overlay6)
+        self.core = ControlServer(self.store, time.monotonic(), registration=s.registration,
+                                  prefix4=s.overlay4.prefixlen, prefix6=s.overlay6.prefixlen if s.overlay6 else 48,
+                                  login_rate=s.login_rate, wall_offset=time.time() - time.monotonic())
+        self.listener = ControlListener(self.core, s.key)
+
+    async def _api_status(self, args: dict) -> dict:
+        return {"public_key": self.settings.key.public_text(),
+                "listen": [str(e) for e in self.settings.listen],
+                "online": len(self.core.online), "connections": len(self.core.conns),
+                "stats": self.core.stats, "drops": self.listener.drops}
+
+    async def _api_token(self, args: dict) -> dict:
+        token = secrets.token_urlsafe(24)
+        # Wall-clock expiry: tokens outlive server restarts.
+        self.store.add_token(pw.hash_token(token), time.time() + TOKEN_LIFETIME)
+        return {"token": token, "expires_in_days": TOKEN_LIFETIME / 86400}
+
+    async def serve(self) -> None:
+        for ep in self.settings.listen:
+            await self.listener.listen(ep.host, ep.port)
+        log.info("control server listening on %s", ", ".join(map(str, self.settings.listen)))
+        api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        api.close()
+        await self.listener.close()
+
+
+def run(settings: ServerSettings) -> int:
+    daemon = ServerDaemon(settings)
+    try:
+        asyncio.run(daemon.serve())
+    finally:
+        daemon.store.close()
+    return 0

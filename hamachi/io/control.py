@@ -1,0 +1,270 @@
+"""Control connections over TCP: Noise IK handshake, then length-prefixed encrypted frames.
+
+Server side: `ControlListener` feeds a `proto.control_server.ControlServer`.
+Client side: `ControlClient` keeps one connection up (reconnecting with
+backoff), and hands presence events to callbacks. Framing and the handshake
+are in wire/control.py; all decisions are in proto/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from hamachi import __version__
+from hamachi.crypto.keys import KeyPair
+from hamachi.crypto.noise import CipherState, HandshakeError, NoiseIK
+from hamachi.proto.control_server import ControlServer
+from hamachi.wire import control as M
+from hamachi.wire.codec import DecodeError
+
+log = logging.getLogger("hamachi.control")
+PROLOGUE = b"hamachi control v1"
+HANDSHAKE_TIMEOUT = 10.0
+MAX_WRITE_BUFFER = 4 << 20
+PING_INTERVAL = 10.0
+
+
+class FrameError(Exception):
+    pass
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(2)
+    n = int.from_bytes(head, "big")
+    if n == 0:
+        raise FrameError("empty frame")
+    return await reader.readexactly(n)
+
+
+class _Stream:
+    """Encrypts and frames outgoing messages; decrypts and decodes incoming ones."""
+
+    def __init__(self, reader, writer, send: CipherState, recv: CipherState):
+        self.reader, self.writer, self.send_cs, self.recv_cs = reader, writer, send, recv
+
+    def write(self, msg: M.Message) -> None:
+        self.writer.write(M.frame(self.send_cs.encrypt_with_ad(b"", msg.encode())))
+
+    async def read(self) -> M.Message:
+        data = await read_frame(self.reader)
+        return M.decode(self.recv_cs.decrypt_with_ad(b"", data))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class ControlListener:
+    """Accepts control connections for a ControlServer core."""
+
+    def __init__(self, core: ControlServer, local: KeyPair):
+        self.core = core
+        self.local = local
+        self.streams: dict[int, _Stream] = {}
+        self.servers: list[asyncio.AbstractServer] = []
+        self.drops: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._timer: asyncio.Task | None = None
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    async def listen(self, host: str, port: int) -> None:
+        self.servers.append(await asyncio.start_server(self._handle, host, port, limit=M.MAX_FRAME + 2))
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.core.handle_timer(time.monotonic())
+            self.flush()
+
+    def flush(self) -> None:
+        for conn_id, msg in self.core.outbox():
+            st = self.streams.get(conn_id)
+            if st is None:
+                continue
+            try:
+                st.write(msg)
+            except Exception:  # a broken transport: forget it
+                self._forget(conn_id)
+                continue
+            if isinstance(msg, M.Close):
+                self._forget(conn_id)
+            elif st.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # A client that does not read must not make the server hoard memory.
+                self._drop("slow_reader")
+                self.core.disconnect(conn_id, time.monotonic())
+                self._forget(conn_id)
+
+    def _forget(self, conn_id: int) -> None:
+        st = self.streams.pop(conn_id, None)
+        if st is not None:
+            st.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        conn_id = next(self._ids)
+        try:
+            msg1 = await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT)
+            hs = NoiseIK.responder(self.local, PROLOGUE)
+            hs.read_message(msg1)
+            writer.write(M.frame(hs.write_message(b"")))
+            send, recv = hs.split()
+        except (TimeoutError, HandshakeError, FrameError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            # Unauthenticated: close silently, never answer.
+            self._drop("bad_handshake")
+            writer.close()
+            return
+        st = _Stream(reader, writer, send, recv)
+        self.streams[conn_id] = st
+        if not self.core.connect(conn_id, hs.remote_static, (peer[0], peer[1]), time.monotonic()):
+            self.flush()
+            self._forget(conn_id)
+            return
+        reason = "lost"
+        try:
+            while conn_id in self.streams:
+                try:
+                    msg = await st.read()
+                except (DecodeError, HandshakeError, FrameError) as exc:
+                    self._drop("malformed")
+                    self.core._out.append((conn_id, M.Close(f"malformed message: {exc}")))
+                    break
+                self.core.receive(conn_id, msg, time.monotonic())
+                self.flush()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.flush()
+            self.core.disconnect(conn_id, time.monotonic(), reason=reason)
+            self.flush()
+            self._forget(conn_id)
+
+    async def close(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        for s in self.servers:
+            s.close()
+        for conn_id in list(self.streams):
+            self._forget(conn_id)
+
+
+class ControlClient:
+    """The client's side: connect, log in, keep the netmap, turn presence into callbacks."""
+
+    def __init__(self, local: KeyPair, server: tuple[str, int], server_key: bytes, nickname: str,
+                 listen_port: Callable[[], int], *,
+                 on_welcome: Callable[[M.Welcome], Awaitable[None]],
+                 on_peer_up: Callable[[M.PeerUp], Awaitable[None]],
+                 on_peer_down: Callable[[M.PeerDown], Awaitable[None]],
+                 token: str = "", report: Callable[[], dict] | None = None):
+        self.local, self.server, self.server_key, self.nickname = local, server, server_key, nickname
+        self.listen_port = listen_port
+        self.on_welcome, self.on_peer_up, self.on_peer_down = on_welcome, on_peer_up, on_peer_down
+        self.token = token
+        self.report = report or dict
+        self.networks: dict[str, M.NetworkInfo] = {}
+        self.seq = 0
+        self.connected = False
+        self.last_error = ""
+        self.welcome: M.Welcome | None = None
+        self._stream: _Stream | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self._session()
+                backoff = 1.0
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, HandshakeError, DecodeError, FrameError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("control connection to %s:%d lost: %s", *self.server, self.last_error)
+            finally:
+                self.connected = False
+                self._stream = None
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("lost the connection to the server"))
+                self._pending.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.server, limit=M.MAX_FRAME + 2),
+                                                HANDSHAKE_TIMEOUT)
+        try:
+            hs = NoiseIK.initiator(self.local, self.server_key, PROLOGUE)
+            writer.write(M.frame(hs.write_message(b"")))
+            hs.read_message(await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT))
+            send, recv = hs.split()
+            st = _Stream(reader, writer, send, recv)
+            st.write(M.Hello(__version__, self.nickname, self.token))
+            msg = await asyncio.wait_for(st.read(), HANDSHAKE_TIMEOUT)
+            if isinstance(msg, M.Close):
+                raise ConnectionRefusedError(f"server refused the login: {msg.reason}")
+            if not isinstance(msg, M.Welcome):
+                raise DecodeError(f"expected Welcome, got {type(msg).__name__}")
+            self.welcome = msg
+            await self.on_welcome(msg)
+            st.write(M.Discovery(self.listen_port(), tuple((k, str(v)) for k, v in self.report().items())))
+            self._stream = st
+            self.connected = True
+            self.last_error = ""
+            pinger = asyncio.create_task(self._ping())
+            try:
+                while True:
+                    await self._dispatch(await st.read())
+            finally:
+                pinger.cancel()
+        finally:
+            writer.close()
+
+    async def _ping(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            n += 1
+            if self._stream is not None:
+                self._stream.write(M.Ping(n))
+
+    async def _dispatch(self, msg: M.Message) -> None:
+        if isinstance(msg, M.Netmap):
+            self.seq = msg.seq
+            self.networks = {n.name: n for n in msg.networks}
+        elif isinstance(msg, M.Delta):
+            if msg.seq != self.seq + 1:
+                self._stream.write(M.Resync(self.seq))  # a gap: ask for the whole netmap again
+                return
+            self.seq = msg.seq
+            for n in msg.networks:
+                self.networks[n.name] = n
+            if msg.removed:
+                self.networks.pop(msg.removed, None)
+        elif isinstance(msg, M.PeerUp):
+            await self.on_peer_up(msg)
+        elif isinstance(msg, M.PeerDown):
+            await self.on_peer_down(msg)
+        elif isinstance(msg, M.Reply):
+            fut = self._pending.pop(msg.req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, M.Close):
+            raise ConnectionResetError(f"server closed the connection: {msg.reason}")
+
+    async def request(self, verb: str, timeout: float = 15.0, **args: str) -> M.Reply:
+        if self._stream is None:
+            raise ConnectionError(f"not connected to the server ({self.last_error or 'connecting'})")
+        req_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        self._stream.write(M.Request(req_id, verb, tuple((k, v) for k, v in args.items() if v is not None)))
+        return await asyncio.wait_for(fut, timeout)

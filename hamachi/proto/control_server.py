@@ -1,0 +1,394 @@
+"""The control server's logic, sans I/O: logins, networks, netmap sync and presence.
+
+The I/O shell (io/control.py) completes the Noise handshake, then calls
+`connect(conn, public_key, source, now)`, `receive(conn, message, now)` for
+every decoded message, `disconnect(conn, now)` when the stream ends, and
+`handle_timer(now)` about once a second. What to send comes out of
+`outbox()` as (conn, message) pairs; a `Close` message means "send it, then
+close that connection".
+
+Per connection:
+
+    LOGIN --Hello--> DISCOVERY --Discovery--> SYNC (Netmap, then Deltas; Requests; Pings)
+      any phase: a message that does not belong there -> Close("protocol violation: ...")
+      no message for IDLE_TIMEOUT -> the client is lost: its peers hear PeerDown("lost")
+
+Presence: when a member comes online, every online member sharing a network
+with it gets PeerUp (key, addresses, endpoint) and it gets PeerUp for each of
+them. Leaving, eviction or logout sends PeerDown to members that no longer
+share any network with it. Clients that share no network never learn of each
+other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hamachi.crypto import password as pw
+from hamachi.crypto.keys import encode_key
+from hamachi.proto.ratelimit import RateLimiter
+from hamachi.store.protocol import NetworkRecord, Store, StoreError
+from hamachi.wire import control as M
+
+IDLE_TIMEOUT = 45.0
+SERVER_VERSION = "hamachi/0.1"
+MAX_NAME = 64
+
+
+@dataclass
+class Conn:
+    id: object
+    public_key: bytes
+    source: tuple[str, int]
+    phase: str = "login"
+    nickname: str = ""
+    endpoint: str = ""
+    last_seen: float = 0.0
+    seq: int = 0
+    report: dict = field(default_factory=dict)
+
+
+class RequestRefused(Exception):
+    """A request a user made that the server refuses; the text reaches the user as one line."""
+
+
+def _valid_name(name: str, what: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_NAME or not name.isprintable():
+        raise RequestRefused(f"{what} must be 1-{MAX_NAME} printable characters")
+    return name
+
+
+class ControlServer:
+    def __init__(self, store: Store, now: float, *, registration: str = "open", default_max_members: int = 256,
+                 prefix4: int = 10, prefix6: int = 48, login_rate: float = 5.0,
+                 hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0):
+        self.store = store
+        self.wall_offset = wall_offset  # token expiry is wall-clock time; `now` is monotonic
+        self.registration = registration
+        self.default_max_members = default_max_members
+        self.prefix4 = prefix4
+        self.prefix6 = prefix6
+        self.conns: dict[object, Conn] = {}
+        self.online: dict[bytes, Conn] = {}
+        self._out: list[tuple[object, M.Message]] = []
+        self._login_limit = RateLimiter(rate=login_rate, burst=max(1.0, login_rate * 2))
+        self.hash_token = hash_token or pw.hash_token
+        self.stats = {"logins": 0, "refused_logins": 0, "protocol_errors": 0, "lost": 0}
+
+    # -- outputs -----------------------------------------------------------------
+    def outbox(self) -> list[tuple[object, M.Message]]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, conn: Conn, msg: M.Message) -> None:
+        self._out.append((conn.id, msg))
+
+    def _close(self, conn: Conn, reason: str, now: float) -> None:
+        self._out.append((conn.id, M.Close(reason)))
+        self.disconnect(conn.id, now, reason="logout" if reason == "bye" else "lost")
+
+    # -- connection lifecycle ----------------------------------------------------
+    def connect(self, conn_id: object, public_key: bytes, source: tuple[str, int], now: float) -> bool:
+        """A Noise-authenticated stream opened. False: refused (rate limit); the shell closes it."""
+        if not self._login_limit.allow(source[0], now):
+            self.stats["refused_logins"] += 1
+            self._out.append((conn_id, M.Close("too many login attempts from your address; try again later")))
+            return False
+        self.conns[conn_id] = Conn(conn_id, public_key, source, last_seen=now)
+        return True
+
+    def disconnect(self, conn_id: object, now: float, reason: str = "lost") -> None:
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        if self.online.get(conn.public_key) is conn:
+            del self.online[conn.public_key]
+            if reason == "lost":
+                self.stats["lost"] += 1
+            for other in self._peers_of(conn.public_key):
+                oc = self.online.get(other)
+                if oc is not None:
+                    self._send(oc, M.PeerDown(conn.public_key, reason))
+            self._push_networks(conn.public_key, [m.network for m in self.store.memberships(conn.public_key)])
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self.conns.values()):
+            if now - conn.last_seen > IDLE_TIMEOUT:
+                self._close(conn, "keepalive timeout", now)
+
+    # -- messages ------------------------------------------------------------------
+    def receive(self, conn_id: object, msg: M.Message, now: float) -> None:
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.last_seen = now
+        if isinstance(msg, M.Ping):
+            self._send(conn, M.Pong(msg.nonce))
+        elif conn.phase == "login" and isinstance(msg, M.Hello):
+            self._login(conn, msg, now)
+        elif conn.phase == "discovery" and isinstance(msg, M.Discovery):
+            self._discovery(conn, msg)
+        elif conn.phase == "sync" and isinstance(msg, M.Request):
+            self._request(conn, msg)
+        elif conn.phase == "sync" and isinstance(msg, M.Resync):
+            self._send_netmap(conn)
+        else:
+            self.stats["protocol_errors"] += 1
+            self._close(conn, f"protocol violation: {type(msg).__name__} in phase {conn.phase}", now)
+
+    def _login(self, conn: Conn, msg: M.Hello, now: float) -> None:
+        try:
+            nickname = _valid_name(msg.nickname, "nickname")
+        except RequestRefused as exc:
+            self._close(conn, str(exc), now)
+            return
+        rec = self.store.get_client(conn.public_key)
+        if rec is None:
+            if self.registration == "token" and not (msg.token and self.store.use_token(
+                    self.hash_token(msg.token), now + self.wall_offset)):
+                self.stats["refused_logins"] += 1
+                self._close(conn, "registration needs a valid one-time token (hamachi server token)", now)
+                return
+            try:
+                rec = self.store.register_client(conn.public_key, nickname, now)
+            except StoreError as exc:
+                self._close(conn, str(exc), now)
+                return
+        elif rec.nickname != nickname:
+            self.store.set_nickname(conn.public_key, nickname)
+        old = self.online.get(conn.public_key)
+        if old is not None and old is not conn:  # the same client logged in again: the old stream is stale
+            self._out.append((old.id, M.Close("logged in from elsewhere")))
+            self.conns.pop(old.id, None)
+            del self.online[conn.public_key]
+        conn.nickname = nickname
+        conn.phase = "discovery"
+        self.stats["logins"] += 1
+        self._send(conn, M.Welcome(rec.address4, rec.address6, self.prefix4, self.prefix6, SERVER_VERSION))
+
+    def _discovery(self, conn: Conn, msg: M.Discovery) -> None:
+        # Until STUN-based discovery: the endpoint is the address the server sees plus the client's UDP port.
+        host = conn.source[0]
+        conn.endpoint = f"[{host}]:{msg.listen_port}" if ":" in host else f"{host}:{msg.listen_port}"
+        conn.report = dict(msg.report)
+        conn.phase = "sync"
+        self.online[conn.public_key] = conn
+        self._send_netmap(conn)
+        for other in self._peers_of(conn.public_key):
+            oc = self.online.get(other)
+            if oc is not None:
+                self._send(oc, self._peer_up(conn.public_key))
+                self._send(conn, self._peer_up(other))
+        self._push_networks(conn.public_key, [m.network for m in self.store.memberships(conn.public_key)],
+                            skip=conn.public_key)
+
+    # -- netmap -------------------------------------------------------------------
+    def _member_info(self, network: str) -> tuple[M.MemberInfo, ...]:
+        out = []
+        for m in self.store.members(network):
+            c = self.store.get_client(m.public_key)
+            oc = self.online.get(m.public_key)
+            out.append(M.MemberInfo(m.public_key, c.nickname, c.address4, c.address6, m.state,
+                                    int(oc is not None), oc.endpoint if oc else ""))
+        return tuple(out)
+
+    def _network_info(self, name: str) -> M.NetworkInfo | None:
+        n = self.store.get_network(name)
+        if n is None:
+            return None
+        return M.NetworkInfo(n.name, n.owner, n.mode, int(n.locked), int(n.approval), n.max_members,
+                             self._member_info(name))
+
+    def _visible(self, key: bytes) -> list[str]:
+        return [m.network for m in self.store.memberships(key)]
+
+    def _send_netmap(self, conn: Conn) -> None:
+        conn.seq += 1
+        nets = tuple(ni for ni in (self._network_info(n) for n in self._visible(conn.public_key)) if ni)
+        self._send(conn, M.Netmap(conn.seq, nets))
+
+    def _push_networks(self, key: bytes, networks: list[str], skip: bytes | None = None,
+                       removed_for: dict[bytes, str] | None = None) -> None:
+        """Send a Delta for each changed network to its online members (and removals to ex-members)."""
+        for name in networks:
+            info = self._network_info(name)
+            if info is None:
+                continue
+            for m in info.members:
+                oc = self.online.get(m.public_key)
+                if oc is not None and m.public_key != skip:
+                    oc.seq += 1
+                    self._send(oc, M.Delta(oc.seq, (info,)))
+        for k, name in (removed_for or {}).items():
+            oc = self.online.get(k)
+            if oc is not None:
+                oc.seq += 1
+                self._send(oc, M.Delta(oc.seq, (), name))
+
+    # -- presence -----------------------------------------------------------------
+    def _peers_of(self, key: bytes) -> set[bytes]:
+        peers: set[bytes] = set()
+        for m in self.store.memberships(key):
+            if m.state != "member":
+                continue
+            for other in self.store.members(m.network):
+                if other.state == "member" and other.public_key != key:
+                    peers.add(other.public_key)
+        return peers
+
+    def _peer_up(self, key: bytes) -> M.PeerUp:
+        c = self.store.get_client(key)
+        oc = self.online.get(key)
+        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "")
+
+    def _membership_changed(self, key: bytes, before: set[bytes], reason: str) -> None:
+        """Tell `key` and the members it gained or lost to set up or drop tunnels."""
+        after = self._peers_of(key)
+        me = self.online.get(key)
+        for other in after - before:
+            oc = self.online.get(other)
+            if oc is not None and me is not None:
+                self._send(oc, self._peer_up(key))
+                self._send(me, self._peer_up(other))
+        for other in before - after:
+            oc = self.online.get(other)
+            if oc is not None:
+                self._send(oc, M.PeerDown(key, reason))
+            if me is not None:
+                self._send(me, M.PeerDown(other, reason))
+
+    # -- requests -----------------------------------------------------------------
+    def _request(self, conn: Conn, req: M.Request) -> None:
+        handler = getattr(self, f"_verb_{req.verb}", None)
+        try:
+            if handler is None:
+                raise RequestRefused(f"unknown request {req.verb!r}")
+            handler(conn, req)
+        except RequestRefused as exc:
+            self._send(conn, M.Reply(req.req_id, 0, str(exc)))
+            return
+        except StoreError as exc:
+            self._send(conn, M.Reply(req.req_id, 0, str(exc)))
+            return
+        self._send(conn, M.Reply(req.req_id, 1, ""))
+
+    def _network(self, req: M.Request) -> NetworkRecord:
+        name = req.arg("network")
+        net = self.store.get_network(name)
+        if net is None:
+            raise RequestRefused(f"no network named {name!r}")
+        return net
+
+    def _owned(self, conn: Conn, req: M.Request) -> NetworkRecord:
+        net = self._network(req)
+        if net.owner != conn.public_key:
+            raise RequestRefused(f"you are not the owner of {net.name!r}")
+        return net
+
+    def _member_arg(self, net: NetworkRecord, req: M.Request) -> bytes:
+        who = req.arg("member")
+        for m in self.store.members(net.name):
+            c = self.store.get_client(m.public_key)
+            if who in (encode_key(m.public_key), c.nickname, c.address4):
+                return m.public_key
+        raise RequestRefused(f"{who!r} is not a member of {net.name!r}")
+
+    def _verb_create(self, conn: Conn, req: M.Request) -> None:
+        name = _valid_name(req.arg("network"), "network name")
+        password = req.arg("password")
+        if self.store.get_network(name) is not None:
+            raise RequestRefused(f"network name {name!r} is taken")
+        mode = req.arg("mode", "tun")
+        if mode not in ("tun", "tap"):
+            raise RequestRefused("mode must be tun or tap")
+        before = self._peers_of(conn.public_key)
+        self.store.create_network(NetworkRecord(
+            name, conn.public_key, pw.hash_password(password) if password else None, mode, False,
+            req.arg("approval") == "1", int(req.arg("max_members") or self.default_max_members)))
+        self._membership_changed(conn.public_key, before, "left")
+        self._push_networks(conn.public_key, [name])
+
+    def _verb_join(self, conn: Conn, req: M.Request) -> None:
+        net = self._network(req)
+        members = self.store.members(net.name)
+        if any(m.public_key == conn.public_key and m.state == "member" for m in members):
+            return
+        if net.locked:
+            raise RequestRefused(f"network {net.name!r} is locked")
+        if sum(m.state == "member" for m in members) >= net.max_members:
+            raise RequestRefused(f"network {net.name!r} is full ({net.max_members} members)")
+        if net.password_hash is not None and not pw.verify_password(net.password_hash, req.arg("password")):
+            raise RequestRefused("wrong password")
+        before = self._peers_of(conn.public_key)
+        self.store.set_member(net.name, conn.public_key, "pending" if net.approval else "member")
+        self._membership_changed(conn.public_key, before, "left")
+        self._push_networks(conn.public_key, [net.name])
+        if net.approval:
+            raise RequestRefused(f"asked to join {net.name!r}; waiting for the owner's approval")
+
+    def _verb_leave(self, conn: Conn, req: M.Request) -> None:
+        net = self._network(req)
+        self._remove(net, conn.public_key, "left")
+
+    def _remove(self, net: NetworkRecord, key: bytes, reason: str) -> None:
+        if net.owner == key:
+            raise RequestRefused("the owner cannot leave: hand the network over (transfer) or delete it")
+        before = self._peers_of(key)
+        self.store.remove_member(net.name, key)
+        self._membership_changed(key, before, reason)
+        self._push_networks(key, [net.name], removed_for={key: net.name})
+
+    def _verb_evict(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        self._remove(net, self._member_arg(net, req), "evicted")
+
+    def _verb_approve(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        key = self._member_arg(net, req)
+        before = self._peers_of(key)
+        self.store.set_member(net.name, key, "member")
+        self._membership_changed(key, before, "left")
+        self._push_networks(key, [net.name])
+
+    def _verb_reject(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        key = self._member_arg(net, req)
+        self.store.remove_member(net.name, key)
+        self._push_networks(key, [net.name], removed_for={key: net.name})
+
+    def _verb_lock(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        self.store.update_network(net.name, locked=True)
+        self._push_networks(conn.public_key, [net.name])
+
+    def _verb_unlock(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        self.store.update_network(net.name, locked=False)
+        self._push_networks(conn.public_key, [net.name])
+
+    def _verb_transfer(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        self.store.update_network(net.name, owner=self._member_arg(net, req))
+        self._push_networks(conn.public_key, [net.name])
+
+    def _verb_delete(self, conn: Conn, req: M.Request) -> None:
+        net = self._owned(conn, req)
+        members = [m.public_key for m in self.store.members(net.name)]
+        befores = {k: self._peers_of(k) for k in members}
+        self.store.delete_network(net.name)
+        for k in members:
+            self._membership_changed(k, befores[k], "left")
+        self._push_networks(conn.public_key, [], removed_for={k: net.name for k in members})
+
+    def _verb_nick(self, conn: Conn, req: M.Request) -> None:
+        nickname = _valid_name(req.arg("nickname"), "nickname")
+        self.store.set_nickname(conn.public_key, nickname)
+        conn.nickname = nickname
+        self._push_networks(conn.public_key, self._visible(conn.public_key))
+
+    def _verb_bye(self, conn: Conn, req: M.Request) -> None:
+        self._send(conn, M.Reply(req.req_id, 1, ""))
+        self._close(conn, "bye", 0.0)
+        raise RequestRefused("closed")  # no second reply is sent: the connection is gone

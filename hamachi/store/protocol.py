@@ -1,0 +1,62 @@
+"""What the control server needs from its state store. SQLite and PostgreSQL implement it.
+
+Every method is one transaction: when it returns, the change is durable
+(SQLite WAL with synchronous=FULL), so a change acknowledged to a client
+survives kill -9 of the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    public_key: bytes
+    nickname: str
+    address4: str
+    address6: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRecord:
+    name: str
+    owner: bytes
+    password_hash: bytes | None
+    mode: str
+    locked: bool
+    approval: bool
+    max_members: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    network: str
+    public_key: bytes
+    state: str  # "member" or "pending"
+
+
+class StoreError(Exception):
+    """A refusal with a reason a user can read (name taken, no such network, ...)."""
+
+
+class Store(Protocol):
+    def get_client(self, public_key: bytes) -> ClientRecord | None: ...
+    def register_client(self, public_key: bytes, nickname: str, now: float) -> ClientRecord: ...
+    def set_nickname(self, public_key: bytes, nickname: str) -> None: ...
+    def use_token(self, token_hash: bytes, now: float) -> bool: ...
+    def add_token(self, token_hash: bytes, expires: float) -> None: ...
+
+    def get_network(self, name: str) -> NetworkRecord | None: ...
+    def create_network(self, rec: NetworkRecord) -> None: ...
+    def update_network(self, name: str, *, locked: bool | None = None, owner: bytes | None = None) -> None: ...
+    def delete_network(self, name: str) -> None: ...
+
+    def members(self, network: str) -> list[MemberRecord]: ...
+    def memberships(self, public_key: bytes) -> list[MemberRecord]: ...
+    def set_member(self, network: str, public_key: bytes, state: str) -> None: ...
+    def remove_member(self, network: str, public_key: bytes) -> None: ...
+
+    def close(self) -> None: ...

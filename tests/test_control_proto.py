@@ -1,0 +1,200 @@
+"""The control server's state machine with three clients, in memory, with a hand-advanced clock."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from hamachi.crypto.keys import KeyPair
+from hamachi.proto.control_server import IDLE_TIMEOUT, ControlServer
+from hamachi.store.sqlite import SqliteStore
+from hamachi.wire import control as M
+
+
+class World:
+    def __init__(self, registration="open"):
+        self.store = SqliteStore(":memory:", ipaddress.IPv4Network("100.64.0.0/10"),
+                                 ipaddress.IPv6Network("fd00:1::/48"))
+        self.now = 100.0
+        self.core = ControlServer(self.store, self.now, registration=registration, default_max_members=3)
+        self.keys = {}
+        self.inbox: dict[str, list[M.Message]] = {}
+        self.req = 0
+
+    def login(self, name: str, port: int = 41641, token: str = "") -> M.Message:
+        self.keys.setdefault(name, KeyPair.generate())
+        self.inbox[name] = []
+        self.core.connect(name, self.keys[name].public, (f"198.51.100.{30 + len(self.keys)}", 5555), self.now)
+        self.core.receive(name, M.Hello("test", name, token), self.now)
+        self.flush()
+        if name in self.core.conns:
+            self.core.receive(name, M.Discovery(port), self.now)
+            self.flush()
+        return self.inbox[name][0] if self.inbox[name] else None
+
+    def flush(self):
+        for conn, msg in self.core.outbox():
+            self.inbox.setdefault(conn, []).append(msg)
+
+    def ask(self, name: str, verb: str, **args) -> M.Reply:
+        self.req += 1
+        self.core.receive(name, M.Request(self.req, verb, tuple(args.items())), self.now)
+        self.flush()
+        return next(m for m in reversed(self.inbox[name]) if isinstance(m, M.Reply) and m.req_id == self.req)
+
+    def take(self, name: str, kind) -> list:
+        msgs = [m for m in self.inbox.get(name, []) if isinstance(m, kind)]
+        self.inbox[name] = [m for m in self.inbox.get(name, []) if not isinstance(m, kind)]
+        return msgs
+
+    def key(self, name):
+        return self.keys[name].public
+
+
+def test_login_gives_stable_addresses():
+    w = World()
+    welcome = w.login("alice")
+    assert isinstance(welcome, M.Welcome)
+    assert ipaddress.ip_address(welcome.address4) in ipaddress.IPv4Network("100.64.0.0/10")
+    w.core.disconnect("alice", w.now)
+    again = w.login("alice")
+    assert (again.address4, again.address6) == (welcome.address4, welcome.address6)
+    assert w.login("bob").address4 != welcome.address4
+
+
+def test_networks_passwords_presence():
+    w = World()
+    for n in ("alice", "bob", "carol"):
+        w.login(n)
+    assert w.ask("alice", "create", network="lan", password="s3cret").ok
+    assert w.ask("bob", "create", network="lan").error == "network name 'lan' is taken"
+    assert w.ask("bob", "join", network="lan", password="nope").error == "wrong password"
+    assert w.take("alice", M.PeerUp) == []  # no shared network yet: nobody learns of anybody
+    assert w.ask("bob", "join", network="lan", password="s3cret").ok
+    (up_a,) = w.take("alice", M.PeerUp)
+    (up_b,) = w.take("bob", M.PeerUp)
+    assert up_a.public_key == w.key("bob") and up_b.public_key == w.key("alice")
+    assert up_a.endpoint.endswith(":41641")
+    # carol shares nothing with them and hears nothing
+    assert w.take("carol", M.PeerUp) == [] and w.take("carol", M.Delta) == []
+    # bob leaves: both sides drop the tunnel
+    assert w.ask("bob", "leave", network="lan").ok
+    assert [d.reason for d in w.take("alice", M.PeerDown)] == ["left"]
+    assert [d.public_key for d in w.take("bob", M.PeerDown)] == [w.key("alice")]
+
+
+def test_owner_powers_and_refusals():
+    w = World()
+    for n in ("alice", "bob", "carol"):
+        w.login(n)
+    assert w.ask("alice", "create", network="club", approval="1").ok
+    r = w.ask("bob", "join", network="club")
+    assert not r.ok and "waiting for the owner's approval" in r.error
+    assert w.ask("carol", "approve", network="club", member="bob").error == "you are not the owner of 'club'"
+    assert w.ask("alice", "approve", network="club", member="bob").ok
+    assert len(w.take("alice", M.PeerUp)) == 1
+    assert "approval" in w.ask("carol", "join", network="club").error
+    assert w.ask("alice", "reject", network="club", member="carol").ok
+    assert w.ask("alice", "lock", network="club").ok
+    assert w.ask("carol", "join", network="club").error == "network 'club' is locked"
+    assert w.ask("alice", "unlock", network="club").ok
+    assert w.ask("alice", "evict", network="club", member="bob").ok
+    assert [d.reason for d in w.take("alice", M.PeerDown)] == ["evicted"]
+    assert w.ask("alice", "transfer", network="club", member="alice").ok
+    assert w.ask("bob", "delete", network="club").error == "you are not the owner of 'club'"
+    assert w.ask("alice", "delete", network="club").ok
+    assert w.store.get_network("club") is None
+    assert w.ask("alice", "leave", network="nowhere").error == "no network named 'nowhere'"
+
+
+def test_network_full():
+    w = World()
+    for n in ("a", "b", "c", "d"):
+        w.login(n)
+    w.ask("a", "create", network="small")
+    assert w.ask("b", "join", network="small").ok
+    assert w.ask("c", "join", network="small").ok
+    assert w.ask("d", "join", network="small").error == "network 'small' is full (3 members)"
+
+
+def test_netmap_then_deltas_with_sequence_numbers():
+    w = World()
+    w.login("alice")
+    (nm,) = w.take("alice", M.Netmap)
+    assert nm.seq == 1 and nm.networks == ()
+    w.ask("alice", "create", network="lan")
+    deltas = w.take("alice", M.Delta)
+    assert [d.seq for d in deltas] == [2] and deltas[0].networks[0].name == "lan"
+    w.login("bob")
+    w.ask("bob", "join", network="lan")
+    d = w.take("alice", M.Delta)[-1]
+    assert {m.nickname for m in d.networks[0].members} == {"alice", "bob"}
+    assert all(m.online for m in d.networks[0].members)
+    w.core.receive("alice", M.Resync(d.seq), w.now)
+    w.flush()
+    assert w.take("alice", M.Netmap)[-1].seq == d.seq + 1
+
+
+def test_lost_client_peers_told_to_check_themselves():
+    w = World()
+    w.login("alice")
+    w.login("bob")
+    w.ask("alice", "create", network="lan")
+    w.ask("bob", "join", network="lan")
+    for _ in range(int(IDLE_TIMEOUT // 10)):
+        w.now += 10
+        w.core.receive("alice", M.Ping(1), w.now)  # alice keeps pinging, bob went silent
+        w.core.handle_timer(w.now)
+        w.flush()
+    w.now += 10
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert [d.reason for d in w.take("alice", M.PeerDown)] == ["lost"]
+    assert w.key("bob") not in w.core.online
+
+
+def test_out_of_order_message_closes_with_reason():
+    w = World()
+    w.keys["eve"] = KeyPair.generate()
+    w.core.connect("eve", w.keys["eve"].public, ("203.0.113.5", 1), w.now)
+    w.core.receive("eve", M.Request(1, "create", (("network", "x"),)), w.now)
+    w.flush()
+    (close,) = w.inbox["eve"]
+    assert isinstance(close, M.Close) and "protocol violation" in close.reason
+    assert "eve" not in w.core.conns
+
+
+def test_token_registration():
+    w = World(registration="token")
+    assert isinstance(w.login("mallory"), M.Close)
+    from hamachi.crypto.password import hash_token
+
+    w.store.add_token(hash_token("tok-1"), w.now + 100)
+    assert isinstance(w.login("alice", token="tok-1"), M.Welcome)
+    assert isinstance(w.login("bob", token="tok-1"), M.Close)  # one-time
+
+
+def test_login_rate_limit_per_source():
+    w = World()
+    w.core._login_limit.rate = w.core._login_limit.burst = 2
+    results = [w.core.connect(i, KeyPair.generate().public, ("203.0.113.9", i), w.now) for i in range(5)]
+    assert results == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("msg", [
+    M.Hello("v", "n", ""), M.Discovery(1, (("a", "b"),)), M.Request(1, "join", (("network", "x"),)), M.Ping(7),
+    M.Welcome("100.64.0.2", "fd00::2", 10, 48, "s"), M.PeerUp(b"k" * 32, "n", "a", "b", "e"),
+    M.PeerDown(b"k" * 32, "left"), M.Reply(1, 0, "no"), M.Close("bye"),
+    M.Netmap(3, (M.NetworkInfo("n", b"o" * 32, "tun", 0, 1, 5,
+                              (M.MemberInfo(b"m" * 32, "x", "a", "b", "member", 1, "e"),)),)),
+])
+def test_wire_round_trip_and_prefixes(msg):
+    from hamachi.wire.codec import DecodeError
+
+    data = msg.encode()
+    assert M.decode(data) == msg
+    assert M.decode(data + b"future-field") == msg
+    for n in range(len(data)):
+        with pytest.raises(DecodeError):
+            M.decode(data[:n])
