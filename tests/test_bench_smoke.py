@@ -34,3 +34,6 @@ def test_bench_quick_smoke():
     assert data["hamachi"]["small_pps"] > 0
     if shutil.which("wireguard-go"):
         assert "wireguard-go" in data and "tcp1" in out["ratios_vs_wireguard_go"]
+    control = out["control"]
+    assert control["clients"] == 100 and control["logins_per_s"] > 0
+    assert control["fanout_samples"] > 0 and control["fanout_p99_ms"] is not None
