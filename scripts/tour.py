@@ -14,7 +14,7 @@ from rich.table import Table  # noqa: E402
 
 from tests.lab import Lab, Site, Topology, nodes  # noqa: E402
 
-con = Console(highlight=False)
+con = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def step(text: str) -> None:
@@ -58,22 +58,42 @@ def main() -> int:
         bad.write_text(bad.read_text().replace("mtu = 1420", "mtu = 1420\nmut = 9000"))
         show([*ham, "client", "up", "--config", str(bad), "--check"])
 
-        step("A static encrypted tunnel between a and b (Noise IK handshake, TSO + UDP GSO/GRO)")
-        cfgs = nodes.static_pair(lab, tmp / "static")
-        procs = [nodes.start_client(lab.host(n), cfgs[n]) for n in ("a", "b")]
-        lab.wait_for(lambda: lab.host("a").run(["ping", "-c1", "-W1", "100.64.0.2"], check=False).returncode == 0,
-                     timeout=15, what="the tunnel")
-        show(["ping", "-c3", "-i0.2", "100.64.0.2"], lab.host("a"))
-        srv = lab.host("b").popen(["iperf3", "-s", "-1", "-B", "100.64.0.2"], stdout=subprocess.DEVNULL)
+        step("The control server on srv; alice (a), bob (b) and carol (behind a NAT at home) log in")
+        dep = nodes.Deployment(lab, tmp / "live")
+        dep.start_server()
+        for host, name in (("a", "alice"), ("b", "bob"), ("home-1", "carol")):
+            dep.add_client(host, name)
+        ip = {n: dep.address(h, n) for h, n in (("a", "alice"), ("b", "bob"), ("home-1", "carol"))}
+        con.print("overlay addresses handed out by the server: " + ", ".join(f"{n} {a}" for n, a in ip.items()))
+        step("alice creates a network; bob tries a wrong password, then everyone joins")
+        a_cfg = ["--config", str(dep.clients["alice"])]
+        show([*ham, "client", "create", "lan-party", "--password", "gg", *a_cfg], lab.host("a"), cwd=str(ROOT))
+        show([*ham, "client", "join", "lan-party", "--password", "nope", "--config", str(dep.clients["bob"])],
+             lab.host("b"), cwd=str(ROOT))
+        show([*ham, "client", "join", "lan-party", "--password", "gg", "--config", str(dep.clients["bob"])],
+             lab.host("b"), cwd=str(ROOT))
+        show([*ham, "client", "join", "lan-party", "--password", "gg", "--config", str(dep.clients["carol"])],
+             lab.host("home-1"), cwd=str(ROOT))
+        show([*ham, "client", "networks", *a_cfg], lab.host("a"), cwd=str(ROOT))
+        step("The server told everyone to set up tunnels: peer-to-peer, encrypted end to end")
+        for n in ("bob", "carol"):
+            lab.wait_for(lambda n=n: dep.can_ping("a", ip[n]), timeout=30, what=f"alice -> {n}")
+            show(["ping", "-c2", "-i0.2", ip[n]], lab.host("a"))
+        srv = lab.host("b").popen(["iperf3", "-s", "-1", "-B", ip["bob"]], stdout=subprocess.DEVNULL)
         lab.wait_for(lambda: "5201" in lab.host("b").run(["ss", "-ltn"]).stdout, what="iperf3")
-        out = lab.host("a").run(["iperf3", "-c", "100.64.0.2", "-t", "2"], check=False).stdout
+        out = lab.host("a").run(["iperf3", "-c", ip["bob"], "-t", "2"], check=False).stdout
         srv.wait(timeout=10)
-        con.print("[dim][a] $ iperf3 -c 100.64.0.2 -t 2[/]")
+        con.print(f"[dim][a] $ iperf3 -c {ip['bob']} -t 2[/]")
         con.print("\n".join(line for line in out.splitlines() if "sender" in line or "receiver" in line), markup=False)
-        step("What the client sees: hamachi client status")
-        show([*ham, "client", "status", "--config", str(cfgs["a"])], lab.host("a"), cwd=str(ROOT))
-        for p in procs:
-            nodes.stop(p)
+        step("What alice sees: hamachi client status")
+        show([*ham, "client", "status", *a_cfg], lab.host("a"), cwd=str(ROOT))
+        step("bob leaves: the server tells alice and carol to drop their tunnels to him")
+        show([*ham, "client", "leave", "lan-party", "--config", str(dep.clients["bob"])], lab.host("b"),
+             cwd=str(ROOT))
+        lab.wait_for(lambda: not dep.can_ping("a", ip["bob"]), timeout=20, what="tunnel to bob to go down")
+        con.print(f"alice can no longer reach bob ({ip['bob']}); carol still answers: "
+                  f"{'yes' if dep.can_ping('a', ip['carol']) else 'no'}")
+        dep.stop()
         step(f"Done in {time.monotonic() - t0:.1f}s; the lab is torn down on exit.")
     return 0
 

@@ -108,3 +108,62 @@ def stop(p: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=5)
+
+
+def cli(host, *args, check=True):
+    r = host.run([*hamachi_cmd(), *args], check=False, cwd=str(ROOT))
+    if check and r.returncode != 0:
+        raise AssertionError(f"hamachi {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+    return r
+
+
+class Deployment:
+    """A control server on `srv` and clients on lab hosts, all real processes."""
+
+    def __init__(self, lab, tmp: Path):
+        self.lab, self.tmp = lab, tmp
+        srv = lab.host("srv")
+        out = json.loads(cli(srv, "server", "init", "--dir", str(tmp / "srv"), "--public-address", "198.51.100.10",
+                             "--json").stdout)
+        self.server_key = out["public_key"]
+        cfg = tmp / "srv" / "server.toml"
+        cfg.write_text(cfg.read_text().replace("/run/hamachi/server.sock", str(tmp / "srv" / "api.sock")))
+        self.server_cfg = cfg
+        self.server = None
+        self.clients: dict[str, Path] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start_server(self):
+        srv = self.lab.host("srv")
+        log = open(self.tmp / "srv" / "server.log", "ab")
+        self.server = srv.popen([*hamachi_cmd(), "server", "run", "--config", str(self.server_cfg), "-v"],
+                                stdout=log, stderr=log, cwd=str(ROOT))
+        self.lab.wait_for(lambda: "7777" in srv.run(["ss", "-ltn"]).stdout, timeout=20, what="control server")
+
+    def add_client(self, host: str, name: str):
+        d = self.tmp / name
+        cli(self.lab.host(host), "client", "init", "--dir", str(d), "--server", "198.51.100.10:7777",
+            "--server-key", self.server_key, "--name", name)
+        cfg = d / "client.toml"
+        cfg.write_text(cfg.read_text().replace("/run/hamachi/client-ham0.sock", str(d / "api.sock")))
+        self.clients[name] = cfg
+        self.procs[name] = start_client(self.lab.host(host), cfg)
+        self.lab.wait_for(lambda: status(self.lab.host(host), cfg)["server_connected"], timeout=20,
+                          what=f"{name} logged in")
+
+    def ask(self, host: str, name: str, *args, check=True):
+        return cli(self.lab.host(host), "client", *args, "--config", str(self.clients[name]), check=check)
+
+    def address(self, host: str, name: str) -> str:
+        return status(self.lab.host(host), self.clients[name])["addresses"][0].split("/")[0]
+
+    def can_ping(self, host: str, ip: str) -> bool:
+        return self.lab.host(host).run(["ping", "-c1", "-W1", ip], check=False).returncode == 0
+
+    def stop(self):
+        for p in self.procs.values():
+            stop(p)
+        if self.server:
+            stop(self.server)
+
+
