@@ -12,6 +12,7 @@ from hamachi.config import ServerSettings
 from hamachi.crypto import password as pw
 from hamachi.io import localapi
 from hamachi.io.control import ControlListener
+from hamachi.io.stun import StunService
 from hamachi.proto.control_server import ControlServer
 from hamachi.store.sqlite import open_store
 
@@ -28,12 +29,15 @@ class ServerDaemon:
                                   prefix4=s.overlay4.prefixlen, prefix6=s.overlay6.prefixlen if s.overlay6 else 48,
                                   login_rate=s.login_rate, wall_offset=time.time() - time.monotonic())
         self.listener = ControlListener(self.core, s.key)
+        self.stun: StunService | None = None
 
     async def _api_status(self, args: dict) -> dict:
         return {"public_key": self.settings.key.public_text(),
                 "listen": [str(e) for e in self.settings.listen],
                 "online": len(self.core.online), "connections": len(self.core.conns),
-                "stats": self.core.stats, "drops": self.listener.drops}
+                "stats": self.core.stats, "drops": self.listener.drops,
+                "stun": None if self.stun is None else {"answered": self.stun.responder.answered,
+                                                        "drops": dict(self.stun.responder.drops)}}
 
     async def _api_token(self, args: dict) -> dict:
         token = secrets.token_urlsafe(24)
@@ -45,12 +49,18 @@ class ServerDaemon:
         for ep in self.settings.listen:
             await self.listener.listen(ep.host, ep.port)
         log.info("control server listening on %s", ", ".join(map(str, self.settings.listen)))
+        stun = None
+        if self.settings.stun_port and self.settings.public_addresses:
+            stun = await StunService(list(self.settings.public_addresses), self.settings.stun_port).start()
+        self.stun = stun
         api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if stun is not None:
+            stun.close()
         api.close()
         await self.listener.close()
 
