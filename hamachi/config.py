@@ -90,6 +90,7 @@ class ClientSettings:
     state_dir: Path
     server: Endpoint | None
     server_key: bytes | None
+    stun_port: int = DEFAULT_STUN_PORT
     interface: str = DEFAULT_INTERFACE
     mode: str = "tun"
     mtu: int = DEFAULT_MTU
@@ -460,6 +461,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     server_given = "address" in s.table
     server = s.endpoint("address", default_port=DEFAULT_CONTROL_PORT)
     server_key = s.public_key("public_key", required=server_given)
+    client_stun_port = s.port("stun_port", DEFAULT_STUN_PORT, allow_zero=True)
     s.finish()
 
     t = ld.section("tunnel")
@@ -510,7 +512,8 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         api_socket = Path(DEFAULT_RUN_DIR) / f"client-{interface}.sock"
     return ClientSettings(
         config_path=path, name=name, key_file=key_file, key=key, api_socket=api_socket,
-        state_dir=state_dir, server=server, server_key=server_key, interface=interface, mode=mode,
+        state_dir=state_dir, server=server, server_key=server_key, stun_port=client_stun_port,
+        interface=interface, mode=mode,
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
         keepalive=keepalive, port_forward=pf, peers=tuple(peers),
     )

@@ -460,6 +460,17 @@ def client_nick(nickname: Annotated[str, typer.Argument(help="Your new nickname.
     _network_verb("nick", settings, as_json, f"you are now {nickname}", nickname=nickname)
 
 
+@client_app.command("doctor")
+def client_doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Explain in plain words: your NAT, each peer's path, and what would fix a missing one."""
+    settings = _load("client", config)
+
+    def render(d: dict[str, Any]) -> str:
+        return "\n".join(f"{'ok ' if f['ok'] else '!! '} {f['topic']}: {f['text']}" for f in d["findings"])
+
+    output.emit(_api(settings, "doctor"), as_json, render)
+
+
 @server_app.command("token")
 def server_token(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Mint a one-time enrolment token (for registration = "token")."""

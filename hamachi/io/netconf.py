@@ -26,3 +26,20 @@ def configure(name: str, mtu: int, addresses: Iterable[ipaddress.IPv4Interface |
     _ip("link", "set", "dev", name, "up")
     for net in routes:
         _ip("-6" if net.version == 6 else "-4", "route", "replace", str(net), "dev", name)
+
+
+def local_ipv4_addresses(exclude: set[str]) -> list[str]:
+    """IPv4 addresses of this host's interfaces (LAN candidates), skipping loopback and `exclude` devices."""
+    import json
+
+    r = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    out = []
+    for link in json.loads(r.stdout or "[]"):
+        if link.get("ifname") in exclude or "LOOPBACK" in link.get("flags", []):
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet":
+                out.append(a["local"])
+    return out

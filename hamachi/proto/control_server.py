@@ -169,10 +169,14 @@ class ControlServer:
         self._send(conn, M.Welcome(rec.address4, rec.address6, self.prefix4, self.prefix6, SERVER_VERSION))
 
     def _discovery(self, conn: Conn, msg: M.Discovery) -> None:
-        # Until STUN-based discovery: the endpoint is the address the server sees plus the client's UDP port.
+        # Candidates, best first: the STUN-mapped endpoint from the client's discovery, else the
+        # address this connection comes from with the client's UDP port; then its LAN addresses.
         host = conn.source[0]
-        conn.endpoint = f"[{host}]:{msg.listen_port}" if ":" in host else f"{host}:{msg.listen_port}"
         conn.report = dict(msg.report)
+        observed = f"[{host}]:{msg.listen_port}" if ":" in host else f"{host}:{msg.listen_port}"
+        cands = [conn.report.get("mapped") or observed]
+        cands += [c for c in conn.report.get("lan", "").split(",") if c and c not in cands]
+        conn.endpoint = ",".join(cands)
         conn.phase = "sync"
         self.online[conn.public_key] = conn
         self._send_netmap(conn)

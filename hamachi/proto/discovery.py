@@ -12,7 +12,9 @@ filtering test (§4.4 on test order):
         | no answer                                      else address-and-port-dependent
     M2  Binding to (A2,P1): M2 == M1 --> mapping endpoint-independent
     M3  Binding to (A2,P2): M3 == M2 --> address-dependent, else address-and-port-dependent
-    H   Binding to M1 itself: we receive our own request --> hairpinning works
+    H   Binding to M1 from a second local port: our own request arrives --> hairpinning works
+        (what another host behind the same NAT would see; a probe from the same port could ride
+        back on its own NAT binding and overstate hairpin support)
 
 Without an OTHER-ADDRESS (a one-address server) only T1 and H run. Every
 step is retransmitted a few times (RFC 8489 §6.2.1, with a shorter schedule:
@@ -79,6 +81,11 @@ class Discovery:
     def _send(self, now: float) -> None:
         self._out.append((S.binding_request(self._txid, self._change), self._dest))
         self._sent += 1
+
+    @property
+    def from_second_socket(self) -> bool:
+        """The I/O shell sends the current probe from another local port (the hairpin test)."""
+        return self._step == "H"
 
     def datagrams_to_send(self) -> list[tuple[bytes, S.Addr]]:
         out, self._out = self._out, []

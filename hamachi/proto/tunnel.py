@@ -86,6 +86,9 @@ class PeerConfig:
     endpoint: Addr | None = None
     keepalive: float = 0.0
     name: str = ""
+    # Other addresses the peer may be reached at (LAN, port forward...): until a session is up,
+    # handshakes go to all of them and the first to answer becomes the endpoint.
+    candidates: tuple[Addr, ...] = ()
 
 
 @dataclass(slots=True)
@@ -379,6 +382,8 @@ class Tunnel:
                 return idx
 
     def _initiate(self, peer: Peer, now: float, first: float | None = None) -> None:
+        if peer.endpoint is None and peer.config.candidates:
+            peer.endpoint = peer.config.candidates[0]
         if peer.endpoint is None:
             self._drop(D.NO_ENDPOINT, peer)
             return
@@ -396,7 +401,12 @@ class Tunnel:
         pending = _Pending(hs, idx, now, now if first is None else first, m1)
         peer.pending = pending
         self._index[idx] = (peer, pending)
-        self._out.append((body + m1 + m2, peer.endpoint))
+        wire = body + m1 + m2
+        self._out.append((wire, peer.endpoint))
+        if peer.current is None:
+            for c in peer.config.candidates:
+                if c != peer.endpoint:
+                    self._out.append((wire, c))
         peer.last_sent = now
 
     def _on_init(self, data: bytes, addr: Addr, now: float) -> None:

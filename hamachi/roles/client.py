@@ -18,6 +18,7 @@ from typing import Any
 
 from hamachi.config import ClientSettings, StaticPeer
 from hamachi.crypto.keys import encode_key
+from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
 from hamachi.io.control import ControlClient
 from hamachi.io.dataplane import DataPlane
@@ -47,9 +48,10 @@ class ClientDaemon:
         self.dataplane: DataPlane | None = None
         self.api_server: asyncio.AbstractServer | None = None
         self.control: ControlClient | None = None
+        self.nat = None
         self.overlay: list = []
         self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
-                                         "networks": self._api_networks}
+                                         "networks": self._api_networks, "doctor": self._api_doctor}
         for verb in ("create", "join", "leave", "approve", "reject", "evict", "lock", "unlock", "delete", "nick",
                      "transfer"):
             self.handlers[verb] = self._forward(verb)
@@ -67,6 +69,10 @@ class ClientDaemon:
                     routes.append(a.network)
         netconf.configure(self.tun.name, s.mtu, addrs, routes)
         self.udp = UdpSocket("0.0.0.0", s.listen_port, offload=s.offload)
+        if s.server is not None and s.stun_port:
+            # Before the packet loop owns the socket: learn what NAT lies on the way (RFC 5780).
+            self.nat = nat_discovery.run(self.udp.sock, (_resolve(s.server.host), s.stun_port))
+            log.info("discovery: %s", self.nat.summary)
         tunnel = Tunnel(s.key, time.monotonic(), os.urandom, wall_offset=time.time() - time.monotonic())
         for p in s.peers:
             tunnel.add_peer(self._peer_config(p))
@@ -76,7 +82,8 @@ class ClientDaemon:
         if s.server is not None:
             self.control = ControlClient(
                 s.key, (_resolve(s.server.host), s.server.port), s.server_key, s.name, lambda: self.udp.port,
-                on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down)
+                on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
+                report=self._discovery_report)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
                  self.dataplane.offload_status)
@@ -116,13 +123,26 @@ class ClientDaemon:
             self.overlay = want
             log.info("overlay addresses from the server: %s", ", ".join(map(str, want)))
 
+    def _discovery_report(self) -> dict:
+        rep = {}
+        if self.nat is not None:
+            rep = {k: str(v).lower() for k, v in self.nat.to_dict().items() if v is not None}
+        pf = self.settings.port_forward
+        lan = [f"{a}:{self.udp.port}" for a in netconf.local_ipv4_addresses({self.tun.name})]
+        if pf.enabled and pf.public_endpoint is not None:
+            lan.insert(0, str(pf.public_endpoint))
+        rep["lan"] = ",".join(lan)
+        return rep
+
     async def _on_peer_up(self, p) -> None:
-        ep = None
-        if p.endpoint:
-            host, _, port = p.endpoint.rpartition(":")
-            ep = (host.strip("[]"), int(port))
+        cands = []
+        for item in p.endpoint.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if host and port.isdigit():
+                cands.append((host.strip("[]"), int(port)))
         addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
-        await self.add_peer(PeerConfig(p.public_key, addrs, ep, self.settings.keepalive, p.nickname))
+        await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
+                                       p.nickname, tuple(cands[1:])))
         log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
 
     async def _on_peer_down(self, p) -> None:
@@ -158,6 +178,44 @@ class ClientDaemon:
                                      for m in n.members]})
         return {"networks": nets}
 
+    async def _api_doctor(self, args: dict) -> dict:
+        """Plain-language findings: the NAT, and for each peer its path or why there is none."""
+        st = await self._api_status({})
+        port = st["listen"]
+        lan = netconf.local_ipv4_addresses({self.tun.name})
+        here = lan[0] if lan else "this machine"
+        fix_forward = (f"forward UDP {port} on your router to {here}:{port} and set [port_forward] "
+                       f"enabled = true, public_endpoint = \"<your public IP>:{port}\", listen_port = {port}")
+        findings = []
+        nat = self.nat
+        if self.control is not None and not st["server_connected"]:
+            findings.append({"topic": "server", "ok": False,
+                             "text": f"not connected to the server {st['server']}: {st['server_error'] or 'connecting'}"})
+        if nat is None:
+            findings.append({"topic": "nat", "ok": True, "text": "no NAT discovery (static peers only)"})
+        elif nat.udp is False:
+            findings.append({"topic": "nat", "ok": False, "text": "UDP to the server is blocked here, so no "
+                             "direct tunnel can form; allow outgoing UDP, or " + fix_forward})
+        else:
+            ok = nat.mapping != "address-and-port-dependent"
+            text = nat.summary
+            if not ok:
+                text += ("; a symmetric NAT gives every peer a different port, so peers behind strict NATs "
+                         "cannot reach you directly; " + fix_forward)
+            findings.append({"topic": "nat", "ok": ok, "text": text})
+        for p in st["peers"]:
+            name = p["name"] or p["public_key"][:10]
+            if p["session"]:
+                findings.append({"topic": name, "ok": True,
+                                 "text": f"direct path via {p['endpoint']}, last handshake {p['last_handshake_ago']}s ago"})
+            else:
+                why = ("both sides may be behind NATs that will not let the other in (for example both symmetric)"
+                       if nat is not None and nat.nat else "the peer does not answer at its endpoints")
+                findings.append({"topic": name, "ok": False,
+                                 "text": f"no direct path yet (tried {p['endpoint'] or 'no endpoint'}): {why}; "
+                                         f"fix: {fix_forward} (on either side)"})
+        return {"findings": findings, "nat": st.get("nat")}
+
     # -- local API -------------------------------------------------------------
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
@@ -175,6 +233,8 @@ class ClientDaemon:
             "server": str(s.server) if s.server else None,
             "server_connected": bool(self.control and self.control.connected),
             "server_error": self.control.last_error if self.control else "",
+            "nat": self.nat.to_dict() if self.nat else None,
+            "nat_summary": self.nat.summary if self.nat else None,
             "peers": snap["peers"],
             "drops": drops,
         }

@@ -249,6 +249,8 @@ class Delta(Message):
 @message(67)
 @dataclass(frozen=True, slots=True)
 class PeerUp(Message):
+    """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first."""
+
     FIELDS = ("key", "text", "text", "text", "text")
     public_key: bytes
     nickname: str

@@ -78,7 +78,19 @@ def ruleset(kind: str, wan_if: str, lan_if: str, wan_ip: str, lan_net: str, *, h
         lines.append(f'    iifname "{lan_if}" icmp type echo-request accept')
     else:
         lines.append(f'    iifname "{lan_if}" accept')
-    lines += ["  }", "}"]
+    lines += [
+        "  }",
+        # Like a home router's firewall: unsolicited packets to the router itself from the WAN are
+        # dropped, so their conntrack entries are never confirmed (an accepted one would make a later
+        # outbound mapping to that peer pick another port, and spoil hole punching).
+        "  chain input {",
+        "    type filter hook input priority filter; policy accept;",
+        f'    iifname "{wan_if}" ct state established,related accept',
+        f'    iifname "{wan_if}" icmp type echo-request accept',
+        f'    iifname "{wan_if}" drop',
+        "  }",
+        "}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -297,7 +297,8 @@ class Lab:
             per_ns[c] += ["link add lan type bridge", "link set lan up", f"addr add 172.30.{ci}.1/24 dev lan"]
             sysctl_fwd.append(c)
             cgn_inner[c] = ci
-            nft_jobs.append((c, ruleset("port-restricted", "eth0", "lan", wan_ip, f"172.30.{ci}.0/24")))
+            # RFC 6888 REQ-9: a carrier-grade NAT must hairpin, so two subscribers behind it can meet.
+            nft_jobs.append((c, ruleset("port-restricted", "eth0", "lan", wan_ip, f"172.30.{ci}.0/24", hairpin=True)))
         cgn_next: dict[str, int] = {c: 10 for c in topo.cgns}
 
         for si, s in enumerate(topo.sites):
