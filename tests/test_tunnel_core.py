@@ -88,6 +88,7 @@ def test_handshake_then_data_both_ways():
     assert payloads(n.delivered["a"]) == [b"back"]
     st = n.a.stats(n.now)["peers"][0]
     assert st["tx_packets"] == 1 and st["rx_packets"] == 1 and st["last_handshake_ago"] == 0
+    assert st["path"] == "direct" and st["rtt_ms"] == 0.0  # the hand-advanced clock did not move
 
 
 def test_rekey_under_traffic_loses_nothing():

@@ -115,6 +115,7 @@ class Peer:
     cookie: bytes | None = None
     cookie_time: float = 0.0
     last_handshake: float | None = None
+    rtt: float | None = None  # seconds, from the last handshake we initiated (initiation -> response)
     last_sent: float = float("-inf")
     last_received: float = float("-inf")
     unanswered_since: float | None = None
@@ -226,7 +227,7 @@ class Tunnel:
             self.remove_peer(cfg.public_key)
         peer = Peer(cfg, cfg.public_key, cfg.endpoint, ck.mac1_key(cfg.public_key))
         if old is not None:  # keep live sessions and counters across a reconfiguration
-            for attr in ("current", "previous", "next", "last_timestamp", "last_handshake", "rx_bytes",
+            for attr in ("current", "previous", "next", "last_timestamp", "last_handshake", "rtt", "rx_bytes",
                          "rx_packets", "tx_bytes", "tx_packets", "last_sent", "last_received"):
                 setattr(peer, attr, getattr(old, attr))
             for s in (peer.current, peer.previous, peer.next):
@@ -487,6 +488,7 @@ class Tunnel:
         peer.previous = peer.current
         peer.current = session
         peer.pending = None
+        peer.rtt = now - pending.sent
         peer.endpoint = addr
         peer.last_handshake = now
         peer.last_received = now
@@ -581,7 +583,8 @@ class Tunnel:
                 "public_key": _b64(peer.public_key),
                 "addresses": [str(a) for a in peer.config.addresses],
                 "endpoint": _fmt_addr(peer.endpoint),
-                "path": "direct" if peer.endpoint else "none",
+                "path": ("direct" if peer.current is not None else "connecting") if peer.endpoint else "none",
+                "rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000, 2),
                 "session": peer.current is not None,
                 "last_handshake_ago": None if peer.last_handshake is None else round(now - peer.last_handshake, 1),
                 "rx_bytes": peer.rx_bytes, "rx_packets": peer.rx_packets,
