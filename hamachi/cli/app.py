@@ -116,6 +116,19 @@ def _init_dir(directory: Path, files: list[str], force: bool) -> None:
             p.unlink()
 
 
+def _run_role(role: str, config: Path | None, check: bool, as_json: bool, verbose: int) -> None:
+    """`server run`, `relay run`, `client up`: validate, or start the role's daemon in the foreground."""
+    global _verbose
+    _verbose = verbose
+    settings = _load(role, config)
+    if check:
+        _check_view(role, settings, as_json)
+        return
+    import importlib
+
+    _run_daemon(importlib.import_module(f"hamachi.roles.{role}").run, settings)
+
+
 def _run_daemon(fn: Any, settings: Any) -> None:
     from hamachi.io.privilege import PrivilegeError
 
@@ -193,15 +206,7 @@ def server_init(
 def server_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
                verbose: VerboseOpt = 0) -> None:
     """Run the control server in the foreground."""
-    global _verbose
-    _verbose = verbose
-    settings = _load("server", config)
-    if check:
-        _check_view("server", settings, as_json)
-        return
-    from hamachi.roles import server
-
-    _run_daemon(server.run, settings)
+    _run_role("server", config, check, as_json, verbose)
 
 
 # ---------------------------------------------------------------------------
@@ -239,15 +244,7 @@ def relay_init(
 def relay_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
               verbose: VerboseOpt = 0) -> None:
     """Run the relay in the foreground."""
-    global _verbose
-    _verbose = verbose
-    settings = _load("relay", config)
-    if check:
-        _check_view("relay", settings, as_json)
-        return
-    from hamachi.roles import relay
-
-    _run_daemon(relay.run, settings)
+    _run_role("relay", config, check, as_json, verbose)
 
 
 # ---------------------------------------------------------------------------
@@ -297,15 +294,7 @@ def client_init(
 def client_up(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
               verbose: VerboseOpt = 0) -> None:
     """Run the client daemon in the foreground: TUN device, tunnels, control connection."""
-    global _verbose
-    _verbose = verbose
-    settings = _load("client", config)
-    if check:
-        _check_view("client", settings, as_json)
-        return
-    from hamachi.roles import client
-
-    _run_daemon(client.run, settings)
+    _run_role("client", config, check, as_json, verbose)
 
 
 def _fmt_bytes(n: int) -> str:

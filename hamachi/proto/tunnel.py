@@ -382,6 +382,15 @@ class Tunnel:
             if idx not in self._index:
                 return idx
 
+    @staticmethod
+    def _stamp(peer: Peer, body: bytes, now: float) -> bytes:
+        """A handshake message with its mac1 (keyed by the peer's key) and mac2 (our cookie, if fresh)."""
+        m1 = ck.mac1(peer.mac1_key, body)
+        m2 = b"\x00" * ck.MAC_LEN
+        if peer.cookie is not None and now - peer.cookie_time < ck.COOKIE_LIFETIME:
+            m2 = ck.mac2(peer.cookie, body + m1)
+        return body + m1 + m2
+
     def _initiate(self, peer: Peer, now: float, first: float | None = None) -> None:
         if peer.endpoint is None and peer.config.candidates:
             peer.endpoint = peer.config.candidates[0]
@@ -393,16 +402,10 @@ class Tunnel:
         idx = self._new_index(peer)
         hs = NoiseIK.initiator(self.local, peer.public_key, PROLOGUE)
         noise = hs.write_message(tai64n(now + self.wall_offset))
-        msg = HandshakeInit(idx, noise)
-        body = msg.body()
-        m1 = ck.mac1(peer.mac1_key, body)
-        m2 = b"\x00" * ck.MAC_LEN
-        if peer.cookie is not None and now - peer.cookie_time < ck.COOKIE_LIFETIME:
-            m2 = ck.mac2(peer.cookie, body + m1)
-        pending = _Pending(hs, idx, now, now if first is None else first, m1)
+        wire = self._stamp(peer, HandshakeInit(idx, noise).body(), now)
+        pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN])
         peer.pending = pending
         self._index[idx] = (peer, pending)
-        wire = body + m1 + m2
         self._out.append((wire, peer.endpoint))
         if peer.current is None:
             for c in peer.config.candidates:
@@ -443,12 +446,7 @@ class Tunnel:
             return
         peer.last_timestamp = timestamp
         idx = self._new_index(peer)
-        resp = HandshakeResponse(idx, msg.sender, hs.write_message(b""))
-        rbody = resp.body()
-        m1 = ck.mac1(peer.mac1_key, rbody)
-        m2 = b"\x00" * ck.MAC_LEN
-        if peer.cookie is not None and now - peer.cookie_time < ck.COOKIE_LIFETIME:
-            m2 = ck.mac2(peer.cookie, rbody + m1)
+        wire = self._stamp(peer, HandshakeResponse(idx, msg.sender, hs.write_message(b"")).body(), now)
         send, recv = hs.split()
         session = Session(send.k, recv.k, idx, msg.sender, now, initiator=False, aead=self.aead)
         if peer.next is not None:
@@ -457,7 +455,7 @@ class Tunnel:
         self._index[idx] = (peer, session)
         peer.endpoint = addr
         peer.last_handshake = now
-        self._out.append((rbody + m1 + m2, addr))
+        self._out.append((wire, addr))
         peer.last_sent = now
 
     def _on_response(self, data: bytes, addr: Addr, now: float) -> None:
