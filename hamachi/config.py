@@ -99,6 +99,10 @@ class ClientSettings:
     address6: ipaddress.IPv6Interface | None = None
     offload: bool = True
     keepalive: float = DEFAULT_KEEPALIVE
+    # Birthday-paradox probing against symmetric NATs: sockets opened on the symmetric side,
+    # random ports probed by the other side, per attempt (256 x 256 succeeds ~64% of attempts).
+    birthday_sockets: int = 256
+    birthday_probes: int = 256
     port_forward: PortForward = PortForward()
     peers: tuple[StaticPeer, ...] = ()
 
@@ -473,6 +477,8 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     address4 = t.convert("address", t.get("address", str), _interface4)
     address6 = t.convert("address6", t.get("address6", str), _interface6)
     offload = t.get("offload", bool, True)
+    birthday_sockets = t.integer("birthday_sockets", 256, 0, 4096)
+    birthday_probes = t.integer("birthday_probes", 256, 0, 4096)
     keepalive = t.number("keepalive", DEFAULT_KEEPALIVE, 0, 3600)
     t.finish()
 
@@ -515,6 +521,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         state_dir=state_dir, server=server, server_key=server_key, stun_port=client_stun_port,
         interface=interface, mode=mode,
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
+        birthday_sockets=birthday_sockets, birthday_probes=birthday_probes,
         keepalive=keepalive, port_forward=pf, peers=tuple(peers),
     )
 

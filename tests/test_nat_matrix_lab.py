@@ -26,9 +26,9 @@ NEEDS_EIF_OR_ADF = {"pr-1", "pr2-1", "cg1-1", "cg2-1", "hp-1", "hp-2", "nh-1", "
 def expected_direct(a: str, b: str) -> bool:
     if "uh-1" in (a, b):
         return False  # UDP only reaches the server: relay territory
-    if a in SYMMETRIC and b in NEEDS_EIF_OR_ADF or b in SYMMETRIC and a in NEEDS_EIF_OR_ADF:
-        return False  # needs birthday-paradox probing
-    return True
+    if a in SYMMETRIC and b in SYMMETRIC:
+        return False  # two symmetric NATs: no mapping to aim at on either side
+    return True  # symmetric vs port-restricted gets through by birthday-paradox probing
 
 
 def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
@@ -53,7 +53,10 @@ def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
                       "--server-key", out["public_key"], "--name", h)
             c = d / "client.toml"
             c.write_text(c.read_text().replace("/run/hamachi/client-ham0.sock", str(d / "api.sock"))
-                         .replace('public_key = "', 'stun_port = 6478\npublic_key = "'))
+                         .replace('public_key = "', 'stun_port = 6478\npublic_key = "')
+                         # Budgets that make a miss practically impossible within the test's retries
+                         # (512 x 512 succeeds in ~98% of attempts; attempts repeat every 5 s).
+                         .replace("offload = true", "offload = true\nbirthday_sockets = 512\nbirthday_probes = 512"))
             cfgs[h] = c
         with ThreadPoolExecutor(4) as ex:
             procs = list(ex.map(lambda h: nodes.start_client(lab.host(h), cfgs[h]), HOSTS))
@@ -90,7 +93,7 @@ def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
         doc = json.loads(nodes.cli(lab.host("sy-1"), "client", "doctor", "--json", "--config", str(cfgs["sy-1"])).stdout)
         nat_finding = next(f for f in doc["findings"] if f["topic"] == "nat")
         assert not nat_finding["ok"] and "symmetric" in nat_finding["text"] and "forward UDP" in nat_finding["text"]
-        stuck = [f for f in doc["findings"] if f["topic"] == "pr-1"]
+        stuck = [f for f in doc["findings"] if f["topic"] == "sy2-1"]
         assert stuck and not stuck[0]["ok"] and "fix:" in stuck[0]["text"]
     finally:
         for p in procs:

@@ -50,6 +50,14 @@ class DataPlane:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="hamachi-dataplane", daemon=True)
+        self._ep: select.epoll | None = None
+        # Birthday probing (we are behind a symmetric NAT): a pool of extra sockets, each holding its
+        # own NAT mapping toward the peers in `probe_targets`; the socket a peer's packet arrives on is
+        # the one its traffic must leave from afterwards (`addr_sock`).
+        self.pool: dict[int, UdpSocket] = {}
+        self.probe_targets: set[tuple[str, int]] = set()
+        self.addr_sock: dict[tuple[str, int], UdpSocket] = {}
+        self.probe_deadline = 0.0
 
     # -- control from other threads -------------------------------------------
     def start(self) -> None:
@@ -76,9 +84,35 @@ class DataPlane:
     def offload_status(self) -> dict[str, bool]:
         return {"tun_tso": self.tun.tso, "udp_gso": self.udp.gso, "udp_gro": self.udp.gro}
 
+    # -- birthday probing (runs in the loop thread, through call()) --------------------
+    def open_probes(self, n: int, target: tuple[str, int], now: float, seconds: float = 60.0) -> int:
+        while len(self.pool) < n:
+            try:
+                sock = UdpSocket("0.0.0.0", 0, offload=False)
+            except OSError:  # out of file descriptors: probe with what we have
+                break
+            self.pool[sock.fileno()] = sock
+            self._ep.register(sock.fileno(), select.EPOLLIN)
+        self.probe_targets.add(target)
+        self.probe_deadline = max(self.probe_deadline, now + seconds)
+        return len(self.pool)
+
+    def _close_losers(self) -> None:
+        winners = {id(s) for s in self.addr_sock.values()}
+        for fd, sock in list(self.pool.items()):
+            if id(sock) not in winners:
+                self._ep.unregister(fd)
+                sock.close()
+                del self.pool[fd]
+        self.probe_targets.clear()
+
+    def _sock_for(self, addr) -> UdpSocket:
+        return self.addr_sock.get(addr, self.udp)
+
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
         ep = select.epoll()
+        self._ep = ep
         tun_fd, udp_fd = self.tun.fileno(), self.udp.fileno()
         ep.register(tun_fd, select.EPOLLIN)
         ep.register(udp_fd, select.EPOLLIN)
@@ -96,9 +130,11 @@ class DataPlane:
                 for fd, _ in events:
                     try:
                         if fd == udp_fd:
-                            self._from_udp(now)
+                            self._from_udp(now, self.udp)
                         elif fd == tun_fd:
                             self._from_tun(now)
+                        elif fd in self.pool:
+                            self._from_udp(now, self.pool[fd])
                         else:
                             self._run_calls(now)
                     except Exception:  # one bad packet must never stop the tunnel
@@ -106,10 +142,14 @@ class DataPlane:
                 try:
                     if now >= next_timer:
                         tunnel.handle_timer(now)
+                        if self.pool and now > self.probe_deadline:
+                            self._close_losers()
                     self._flush()
                 except Exception:
                     self._internal_error()
         finally:
+            for sock in self.pool.values():
+                sock.close()
             ep.close()
 
     def _internal_error(self) -> None:
@@ -133,7 +173,10 @@ class DataPlane:
     def _flush(self) -> None:
         out = self.tunnel.datagrams_to_send()
         for d, addr in out:
-            self.udp.send_batch([d], addr)
+            self._sock_for(addr).send_batch([d], addr)
+            if addr in self.probe_targets and addr not in self.addr_sock:
+                for sock in self.pool.values():  # one NAT mapping per pool socket
+                    sock.send_batch([d], addr)
 
     def _from_tun(self, now: float) -> None:
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
@@ -160,16 +203,19 @@ class DataPlane:
                 continue
             sealed = tunnel.seal_for(peer, packets, now)
             if sealed:
-                self.udp.send_batch(sealed, peer.endpoint)
+                self._sock_for(peer.endpoint).send_batch(sealed, peer.endpoint)
 
-    def _from_udp(self, now: float) -> None:
-        tunnel, udp, tun, vnet = self.tunnel, self.udp, self.tun, self.tun.vnet
+    def _from_udp(self, now: float, udp: UdpSocket) -> None:
+        tunnel, tun, vnet = self.tunnel, self.tun, self.tun.vnet
+        pooled = udp is not self.udp
         open_ = tunnel.open
         for _ in range(UDP_BURST):
             got = udp.recv_batch()
             if got is None:
                 return
             datagrams, addr = got
+            if pooled and addr in self.probe_targets:
+                self.addr_sock[addr] = udp  # this socket's mapping is the one the peer got through
             inner: list[bytes] = []
             for d in datagrams:
                 if d and d[0] == TYPE_DATA:

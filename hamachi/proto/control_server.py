@@ -245,7 +245,10 @@ class ControlServer:
     def _peer_up(self, key: bytes) -> M.PeerUp:
         c = self.store.get_client(key)
         oc = self.online.get(key)
-        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "")
+        nat = ""
+        if oc is not None and oc.report.get("mapping"):
+            nat = f"{oc.report.get('mapping')}/{oc.report.get('filtering', '')}"
+        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat)
 
     def _membership_changed(self, key: bytes, before: set[bytes], reason: str) -> None:
         """Tell `key` and the members it gained or lost to set up or drop tunnels."""

@@ -89,6 +89,9 @@ class PeerConfig:
     # Other addresses the peer may be reached at (LAN, port forward...): until a session is up,
     # handshakes go to all of them and the first to answer becomes the endpoint.
     candidates: tuple[Addr, ...] = ()
+    # The peer is behind a symmetric NAT: also send each handshake to this many random ports of its
+    # address (birthday-paradox probing; its side keeps many sockets open toward us).
+    spray: int = 0
 
 
 @dataclass(slots=True)
@@ -411,6 +414,12 @@ class Tunnel:
             for c in peer.config.candidates:
                 if c != peer.endpoint:
                     self._out.append((wire, c))
+            if peer.config.spray:
+                host = peer.endpoint[0]
+                raw = self.rand(2 * peer.config.spray)
+                for i in range(peer.config.spray):
+                    port = 1024 + int.from_bytes(raw[2 * i : 2 * i + 2], "big") % (65536 - 1024)
+                    self._out.append((wire, (host, port)))
         peer.last_sent = now
 
     def _on_init(self, data: bytes, addr: Addr, now: float) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -60,6 +61,11 @@ class ClientDaemon:
     def start(self) -> None:
         s = self.settings
         require_net_admin("creating the TUN device")
+        # Birthday probing against symmetric NATs keeps hundreds of sockets open for a while.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, max(soft, 2 * s.birthday_sockets + 256))
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         self.tun = TunDevice(s.interface, s.mode, offload=s.offload)
         addrs = [a for a in (s.address4, s.address6) if a is not None]
         routes = []
@@ -141,8 +147,9 @@ class ClientDaemon:
             if host and port.isdigit():
                 cands.append((host.strip("[]"), int(port)))
         addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
+        spray = await self._birthday(p, cands[0] if cands else None)
         await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
-                                       p.nickname, tuple(cands[1:])))
+                                       p.nickname, tuple(cands[1:]), spray))
         log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
 
     async def _on_peer_down(self, p) -> None:
@@ -151,6 +158,30 @@ class ClientDaemon:
             return
         await self.remove_peer(p.public_key)
         log.info("tunnel to %s dropped (%s)", encode_key(p.public_key)[:10], p.reason)
+
+    async def _birthday(self, p, endpoint) -> int:
+        """Birthday-paradox probing where one side is behind a symmetric NAT and the other filters.
+
+        The symmetric side opens many sockets toward the peer's (stable) mapping; the other side
+        probes as many random ports on the symmetric NAT's address. Returns how many random ports
+        to probe (0: not our part).
+        """
+        mine = self.nat
+        peer_map, _, peer_filter = (p.nat or "/").partition("/")
+        if mine is None or endpoint is None or not peer_map:
+            return 0
+        symmetric = "address-and-port-dependent"
+        if mine.mapping == symmetric and peer_map != symmetric and peer_filter != "endpoint-independent":
+            n = self.settings.birthday_sockets
+            if n:
+                opened = await self._in_loop(lambda t, now: self.dataplane.open_probes(n, endpoint, now))
+                log.info("symmetric NAT: probing %s from %d sockets", p.nickname, opened)
+            return 0
+        if peer_map == symmetric and mine.mapping != symmetric and mine.filtering != "endpoint-independent":
+            log.info("%s is behind a symmetric NAT: probing %d random ports", p.nickname,
+                     self.settings.birthday_probes)
+            return self.settings.birthday_probes
+        return 0
 
     def _forward(self, verb: str):
         async def handler(args: dict) -> dict:

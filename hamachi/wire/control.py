@@ -249,14 +249,16 @@ class Delta(Message):
 @message(67)
 @dataclass(frozen=True, slots=True)
 class PeerUp(Message):
-    """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first."""
+    """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first;
+    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown)."""
 
-    FIELDS = ("key", "text", "text", "text", "text")
+    FIELDS = ("key", "text", "text", "text", "text", "text")
     public_key: bytes
     nickname: str
     address4: str
     address6: str
     endpoint: str
+    nat: str = ""
 
 
 @message(68)
