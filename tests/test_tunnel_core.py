@@ -240,3 +240,17 @@ def test_aead_choices(aead):
     n.send("a", b"x")
     n.pump()
     assert payloads(n.delivered["b"]) == [b"x"]
+
+
+def test_spray_probes_random_ports_of_a_symmetric_peer_until_a_session_exists():
+    n = Net()
+    n.a.add_peer(PeerConfig(n.kb.public, (ipaddress.ip_interface(B_IP + "/32"),), B_EP, 0.0, "p", (), spray=64))
+    n.a.send([ip4(A_IP, B_IP)], n.now)
+    out = n.a.datagrams_to_send()
+    assert len(out) == 65 and all(d == out[0][0] and addr[0] == B_EP[0] for d, addr in out)
+    assert len({addr[1] for _, addr in out}) > 50 and all(1024 <= addr[1] <= 65535 for _, addr in out)
+    n.b.receive(out[0][0], A_EP, n.now)
+    n.a.receive(n.b.datagrams_to_send()[0][0], B_EP, n.now)  # session up: no more spraying
+    n.a.peers[n.kb.public].pending = None
+    n.a._initiate(n.a.peers[n.kb.public], n.now + 1)
+    assert len(n.a.datagrams_to_send()) == 1
