@@ -251,6 +251,7 @@ def test_spray_probes_random_ports_of_a_symmetric_peer_until_a_session_exists():
     assert len({addr[1] for _, addr in out}) > 50 and all(1024 <= addr[1] <= 65535 for _, addr in out)
     n.b.receive(out[0][0], A_EP, n.now)
     n.a.receive(n.b.datagrams_to_send()[0][0], B_EP, n.now)  # session up: no more spraying
+    n.a.datagrams_to_send()  # the queued packet, now sealed
     n.a.peers[n.kb.public].pending = None
     n.a._initiate(n.a.peers[n.kb.public], n.now + 1)
     assert len(n.a.datagrams_to_send()) == 1
