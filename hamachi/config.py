@@ -140,6 +140,7 @@ class RelaySettings:
     server_key: bytes | None
     listen_udp: Endpoint
     listen_tcp: Endpoint | None
+    api_socket: Path = Path(DEFAULT_RUN_DIR) / "relay.sock"
     idle_timeout: float = 60.0
     session_rate_bps: int = 0
     account_rate_bps: int = 0
@@ -589,6 +590,7 @@ def load_relay(path: str | os.PathLike[str]) -> RelaySettings:
     tcp_raw = r.get("listen_tcp", str, f"0.0.0.0:{DEFAULT_RELAY_TCP_PORT}")
     listen_tcp = None if tcp_raw == "" else r.convert(
         "listen_tcp", tcp_raw, lambda x: parse_endpoint(x, DEFAULT_RELAY_TCP_PORT))
+    relay_api = r.path("api_socket", None) or Path(DEFAULT_RUN_DIR) / "relay.sock"
     idle = r.number("idle_timeout", 60.0, 1, 86400)
     srate = r.integer("session_rate_bps", 0, 0, 10**12)
     arate = r.integer("account_rate_bps", 0, 0, 10**12)
@@ -596,7 +598,7 @@ def load_relay(path: str | os.PathLike[str]) -> RelaySettings:
     ld.finish()
     return RelaySettings(
         config_path=path, key_file=key_file, key=key, server_key=server_key, listen_udp=listen_udp,
-        listen_tcp=listen_tcp, idle_timeout=idle, session_rate_bps=srate, account_rate_bps=arate,
+        listen_tcp=listen_tcp, api_socket=relay_api, idle_timeout=idle, session_rate_bps=srate, account_rate_bps=arate,
     )
 
 

@@ -149,7 +149,8 @@ def _api(settings: Any, verb: str, args: dict[str, Any] | None = None) -> Any:
     try:
         return localapi.call(settings.api_socket, verb, args)
     except localapi.DaemonNotRunning as exc:
-        role = "server run" if hasattr(settings, "listen") else "client up"
+        role = ("server run" if hasattr(settings, "listen") else "relay run" if hasattr(settings, "listen_udp")
+                else "client up")
         output.fail(f"{exc}; start it with `hamachi {role} --config {settings.config_path}`")
         _exit(ExitCode.NOT_RUNNING)
     except PermissionError:
@@ -458,6 +459,13 @@ def client_doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return "\n".join(f"{'ok ' if f['ok'] else '!! '} {f['topic']}: {f['text']}" for f in d["findings"])
 
     output.emit(_api(settings, "doctor"), as_json, render)
+
+
+@relay_app.command("status")
+def relay_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the running relay: sessions, forwarded messages, drops by reason."""
+    settings = _load("relay", config)
+    output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 @server_app.command("token")

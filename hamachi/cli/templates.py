@@ -100,6 +100,8 @@ server_public_key = {_q(server_key)}
 listen_udp = "0.0.0.0:{udp_port}"
 # TCP framing for sites that block UDP; "" turns it off.
 listen_tcp = "0.0.0.0:{tcp_port}"
+# Local API socket for `hamachi relay status` (root only).
+api_socket = "{C.DEFAULT_RUN_DIR}/relay.sock"
 # Seconds after which an unused relay session is forgotten.
 idle_timeout = 60.0
 # Bandwidth caps in bytes per second (0 = unlimited).

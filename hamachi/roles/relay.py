@@ -1,7 +1,47 @@
-"""Composition root for the relay role: config + io + proto wired together."""
+"""Composition root for the relay: config + ticket key + relay table + sockets + local API."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 
-def run(settings) -> int:
-    raise NotImplementedError("the relay role is being built")
+from hamachi.config import RelaySettings
+from hamachi.crypto.ticket import shared_key
+from hamachi.io import localapi
+from hamachi.io.relay import RelayService
+from hamachi.proto.relay import RelayTable
+
+log = logging.getLogger("hamachi.relay")
+
+
+class RelayDaemon:
+    def __init__(self, settings: RelaySettings):
+        if settings.server_key is None:
+            raise SystemExit("relay.server_public_key is needed: the relay only honours that server's tickets")
+        self.settings = settings
+        self.table = RelayTable(shared_key(settings.key, settings.server_key), idle_timeout=settings.idle_timeout,
+                                session_rate=settings.session_rate_bps, account_rate=settings.account_rate_bps)
+        self.service = RelayService(self.table)
+
+    async def _api_status(self, args: dict) -> dict:
+        return {"public_key": self.settings.key.public_text(), "sessions": len(self.table.sessions),
+                "forwarded": self.table.forwarded, "drops": dict(self.table.drops),
+                "tcp_connections": len(self.service.tcp)}
+
+    async def serve(self) -> None:
+        s = self.settings
+        await self.service.start(s.listen_udp.as_tuple(), s.listen_tcp.as_tuple() if s.listen_tcp else None)
+        api = await localapi.serve(s.api_socket, {"status": self._api_status})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        api.close()
+        self.service.close()
+
+
+def run(settings: RelaySettings) -> int:
+    asyncio.run(RelayDaemon(settings).serve())
+    return 0
