@@ -30,7 +30,23 @@ from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
 from hamachi.proto import offload
 from hamachi.proto.tunnel import Tunnel, inner_destination
+from hamachi.wire import relay as R
 from hamachi.wire.transport import TYPE_DATA
+
+
+class RelayLink:
+    """Our side of one relay session: bound over UDP, or over TCP 443 where UDP cannot reach the relay."""
+
+    def __init__(self, sid: bytes, side: int, ticket: bytes, udp: tuple[str, int] | None, tcp: tuple[str, int] | None):
+        self.sid, self.side, self.ticket, self.udp, self.tcp_addr = sid, side, ticket, udp, tcp
+        self.tcp = None
+        self.buf = bytearray()
+        self.bound = False
+        self.pseudo = (f"relay:{sid.hex()}", 0)
+        self.header = R.data_header(sid)
+
+    def bind_message(self) -> bytes:
+        return R.Bind(self.side, self.ticket).encode()
 
 log = logging.getLogger("hamachi.dataplane")
 
@@ -58,6 +74,11 @@ class DataPlane:
         self.probe_targets: set[tuple[str, int]] = set()
         self.addr_sock: dict[tuple[str, int], UdpSocket] = {}
         self.probe_deadline = 0.0
+        # Relay sessions, by the pseudo-address the core uses for "this peer, through its relay".
+        self.links: dict[tuple[str, int], RelayLink] = {}
+        self.links_by_sid: dict[bytes, RelayLink] = {}
+        self.relay_udp: set[tuple[str, int]] = set()
+        self.tcp_fds: dict[int, RelayLink] = {}
 
     # -- control from other threads -------------------------------------------
     def start(self) -> None:
@@ -109,6 +130,95 @@ class DataPlane:
     def _sock_for(self, addr) -> UdpSocket:
         return self.addr_sock.get(addr, self.udp)
 
+    # -- relays (loop thread) ------------------------------------------------------
+    def add_relay(self, link: RelayLink) -> tuple[str, int]:
+        old = self.links_by_sid.get(link.sid)
+        if old is not None:
+            return old.pseudo
+        self.links[link.pseudo] = link
+        self.links_by_sid[link.sid] = link
+        if link.udp is not None:
+            self.relay_udp.add(link.udp)
+            self.udp.send_batch([link.bind_message()], link.udp)
+        return link.pseudo
+
+    def relay_bound(self, sid: bytes) -> bool:
+        link = self.links_by_sid.get(sid)
+        return bool(link and link.bound)
+
+    def attach_tcp(self, sid: bytes, sock) -> None:
+        link = self.links_by_sid.get(sid)
+        if link is None:
+            sock.close()
+            return
+        sock.setblocking(False)
+        link.tcp = sock
+        self.tcp_fds[sock.fileno()] = link
+        self._ep.register(sock.fileno(), select.EPOLLIN)
+        self._tcp_send(link, link.bind_message())
+
+    def _tcp_send(self, link: RelayLink, msg: bytes) -> None:
+        try:
+            link.tcp.send(len(msg).to_bytes(2, "big") + msg)
+        except (BlockingIOError, OSError):
+            self.drops["relay_tcp_full"] += 1
+
+    def _send(self, datagrams: list[bytes], addr) -> None:
+        link = self.links.get(addr)
+        if link is None:
+            self._sock_for(addr).send_batch(datagrams, addr)
+            if addr in self.probe_targets and addr not in self.addr_sock:
+                for sock in self.pool.values():  # one NAT mapping per pool socket
+                    sock.send_batch(datagrams, addr)
+        elif link.tcp is not None:
+            for d in datagrams:
+                self._tcp_send(link, link.header + d)
+        elif link.udp is not None:
+            self.udp.send_batch([link.header + d for d in datagrams], link.udp)
+
+    def _from_relay(self, msg: bytes, now: float, inner: list[bytes]) -> None:
+        """A relay message (Bound or Data) -> bind state, or the carried datagram into the core."""
+        if msg[0] == R.TYPE_BOUND and len(msg) >= 9:
+            link = self.links_by_sid.get(msg[1:9])
+            if link is not None:
+                link.bound = True
+            return
+        if msg[0] != R.TYPE_DATA or len(msg) < 10:
+            self.drops["relay_malformed"] += 1
+            return
+        link = self.links_by_sid.get(msg[1:9])
+        if link is None:
+            self.drops["relay_unknown_session"] += 1
+            return
+        self._datagram(msg[9:], link.pseudo, now, inner)
+
+    def _from_tcp(self, link: RelayLink, now: float) -> None:
+        try:
+            data = link.tcp.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._ep.unregister(link.tcp.fileno())
+            self.tcp_fds.pop(link.tcp.fileno(), None)
+            link.tcp.close()
+            link.tcp = None
+            link.bound = False
+            return
+        buf = link.buf
+        buf += data
+        inner: list[bytes] = []
+        while len(buf) >= 2:
+            n = int.from_bytes(buf[:2], "big")
+            if len(buf) < 2 + n:
+                break
+            msg = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
+            if msg:
+                self._from_relay(msg, now, inner)
+        self._write_inner(inner)
+
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
         ep = select.epoll()
@@ -135,6 +245,8 @@ class DataPlane:
                             self._from_tun(now)
                         elif fd in self.pool:
                             self._from_udp(now, self.pool[fd])
+                        elif fd in self.tcp_fds:
+                            self._from_tcp(self.tcp_fds[fd], now)
                         else:
                             self._run_calls(now)
                     except Exception:  # one bad packet must never stop the tunnel
@@ -171,12 +283,8 @@ class DataPlane:
                 fut.set_exception(exc)
 
     def _flush(self) -> None:
-        out = self.tunnel.datagrams_to_send()
-        for d, addr in out:
-            self._sock_for(addr).send_batch([d], addr)
-            if addr in self.probe_targets and addr not in self.addr_sock:
-                for sock in self.pool.values():  # one NAT mapping per pool socket
-                    sock.send_batch([d], addr)
+        for d, addr in self.tunnel.datagrams_to_send():
+            self._send([d], addr)
 
     def _from_tun(self, now: float) -> None:
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
@@ -203,12 +311,31 @@ class DataPlane:
                 continue
             sealed = tunnel.seal_for(peer, packets, now)
             if sealed:
-                self._sock_for(peer.endpoint).send_batch(sealed, peer.endpoint)
+                self._send(sealed, peer.endpoint)
+
+    def _datagram(self, d: bytes, addr, now: float, inner: list[bytes]) -> None:
+        if d and d[0] == TYPE_DATA:
+            r = self.tunnel.open(d, addr, now)
+            if r is not None and r[1]:
+                inner.append(r[1])
+        elif d and d[0] in self.extra_handlers:
+            self.extra_handlers[d[0]](d, addr, now)
+        else:
+            inner.extend(self.tunnel.receive(d, addr, now))
+
+    def _write_inner(self, inner: list[bytes]) -> None:
+        if not inner:
+            return
+        if self.tun.vnet:
+            for w in offload.coalesce(inner):
+                _write(self.tun, w, self.drops)
+        else:
+            for p in inner:
+                _write(self.tun, p, self.drops)
 
     def _from_udp(self, now: float, udp: UdpSocket) -> None:
-        tunnel, tun, vnet = self.tunnel, self.tun, self.tun.vnet
+        tunnel = self.tunnel
         pooled = udp is not self.udp
-        open_ = tunnel.open
         for _ in range(UDP_BURST):
             got = udp.recv_batch()
             if got is None:
@@ -217,22 +344,13 @@ class DataPlane:
             if pooled and addr in self.probe_targets:
                 self.addr_sock[addr] = udp  # this socket's mapping is the one the peer got through
             inner: list[bytes] = []
+            from_relay = addr in self.relay_udp
             for d in datagrams:
-                if d and d[0] == TYPE_DATA:
-                    r = open_(d, addr, now)
-                    if r is not None and r[1]:
-                        inner.append(r[1])
-                elif d and d[0] in self.extra_handlers:
-                    self.extra_handlers[d[0]](d, addr, now)
+                if from_relay and d and d[0] in (R.TYPE_DATA, R.TYPE_BOUND):
+                    self._from_relay(d, now, inner)
                 else:
-                    inner.extend(tunnel.receive(d, addr, now))
-            if inner:
-                if vnet:
-                    for w in offload.coalesce(inner):
-                        _write(tun, w, self.drops)
-                else:
-                    for p in inner:
-                        _write(tun, p, self.drops)
+                    self._datagram(d, addr, now, inner)
+            self._write_inner(inner)
             if tunnel._out:
                 self._flush()
 

@@ -22,18 +22,31 @@ other.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hamachi.crypto import password as pw
 from hamachi.crypto.keys import encode_key
+from hamachi.crypto.ticket import Ticket
 from hamachi.proto.ratelimit import RateLimiter
 from hamachi.store.protocol import NetworkRecord, Store, StoreError
 from hamachi.wire import control as M
 
 IDLE_TIMEOUT = 45.0
+TICKET_LIFETIME = 86400.0
 SERVER_VERSION = "hamachi/0.1"
 MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class RelayInfo:
+    """A relay the server may hand out: where it listens and the key tickets for it are made with."""
+
+    name: str
+    udp: str
+    tcp: str
+    ticket_key: bytes
 
 
 @dataclass
@@ -63,8 +76,11 @@ def _valid_name(name: str, what: str) -> str:
 class ControlServer:
     def __init__(self, store: Store, now: float, *, registration: str = "open", default_max_members: int = 256,
                  prefix4: int = 10, prefix6: int = 48, login_rate: float = 5.0,
-                 hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0):
+                 hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0,
+                 relays: tuple[RelayInfo, ...] = ()):
         self.store = store
+        self.relays = relays
+        self.now = now
         self.wall_offset = wall_offset  # token expiry is wall-clock time; `now` is monotonic
         self.registration = registration
         self.default_max_members = default_max_members
@@ -120,6 +136,7 @@ class ControlServer:
 
     # -- messages ------------------------------------------------------------------
     def receive(self, conn_id: object, msg: M.Message, now: float) -> None:
+        self.now = now
         conn = self.conns.get(conn_id)
         if conn is None:
             return
@@ -183,8 +200,8 @@ class ControlServer:
         for other in self._peers_of(conn.public_key):
             oc = self.online.get(other)
             if oc is not None:
-                self._send(oc, self._peer_up(conn.public_key))
-                self._send(conn, self._peer_up(other))
+                self._send(oc, self._peer_up(conn.public_key, other))
+                self._send(conn, self._peer_up(other, conn.public_key))
         self._push_networks(conn.public_key, [m.network for m in self.store.memberships(conn.public_key)],
                             skip=conn.public_key)
 
@@ -242,13 +259,23 @@ class ControlServer:
                     peers.add(other.public_key)
         return peers
 
-    def _peer_up(self, key: bytes) -> M.PeerUp:
+    def _peer_up(self, key: bytes, to: bytes) -> M.PeerUp:
+        """PeerUp about `key` for `to`, with a relay ticket for the pair when relays are configured."""
         c = self.store.get_client(key)
         oc = self.online.get(key)
         nat = ""
         if oc is not None and oc.report.get("mapping"):
             nat = f"{oc.report.get('mapping')}/{oc.report.get('filtering', '')}"
-        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat)
+        relay, ticket, side = "", b"", 0
+        if self.relays:
+            a, b = sorted((key, to))
+            r = self.relays[int.from_bytes(hashlib.blake2s(a + b).digest()[:4], "big") % len(self.relays)]
+            # The same session id and ticket for both sides; a new one each day the pair meets again.
+            day = int((self.now + self.wall_offset) // TICKET_LIFETIME)
+            sid = hashlib.blake2s(a + b + r.name.encode() + day.to_bytes(8, "big"), digest_size=8).digest()
+            ticket = Ticket(sid, a, b, (day + 2) * int(TICKET_LIFETIME)).encode(r.ticket_key)
+            relay, side = f"{r.udp},{r.tcp}", 0 if to == a else 1
+        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat, relay, ticket, side)
 
     def _membership_changed(self, key: bytes, before: set[bytes], reason: str) -> None:
         """Tell `key` and the members it gained or lost to set up or drop tunnels."""
@@ -257,8 +284,8 @@ class ControlServer:
         for other in after - before:
             oc = self.online.get(other)
             if oc is not None and me is not None:
-                self._send(oc, self._peer_up(key))
-                self._send(me, self._peer_up(other))
+                self._send(oc, self._peer_up(key, other))
+                self._send(me, self._peer_up(other, key))
         for other in before - after:
             oc = self.online.get(other)
             if oc is not None:

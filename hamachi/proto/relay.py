@@ -60,7 +60,9 @@ class RelayTable:
         self.session_rate = session_rate
         self.account_rate = account_rate
         self.sessions: dict[bytes, RelaySession] = {}
-        self.by_end: dict[Hashable, tuple[bytes, int]] = {}
+        # (endpoint, session id) -> side: one client socket may carry sessions with many peers.
+        self.by_end: dict[tuple[Hashable, bytes], int] = {}
+        self.bound_ends: Counter = Counter()
         self.accounts: dict[str, _Bucket] = {}
         self.drops: Counter = Counter()
         self.forwarded = 0
@@ -79,7 +81,7 @@ class RelayTable:
             except DecodeError:
                 self.drops["malformed"] += 1
                 return []
-            if end not in self.by_end or ping.pong:
+            if not self.bound_ends[end] or ping.pong:
                 self.drops["not_bound"] += 1
                 return []
             return [(end, R.Ping(1, ping.nonce).encode())]
@@ -108,23 +110,28 @@ class RelayTable:
             s = RelaySession(ticket, bucket=_Bucket(rate, rate, now) if rate else None)
             self.sessions[ticket.session_id] = s
         old = s.ends[bind.side]
-        if old is not None and old != end:
-            self.by_end.pop(old, None)  # the peer moved (new address or a new TCP connection)
+        if old != end:
+            if old is not None:  # the peer moved (new address or a new TCP connection)
+                self._unbind(old, ticket.session_id)
+            self.bound_ends[end] += 1
         s.ends[bind.side] = end
         s.last_active = now
-        self.by_end[end] = (ticket.session_id, bind.side)
+        self.by_end[(end, ticket.session_id)] = bind.side
         return [(end, R.Bound(ticket.session_id).encode())]
 
+    def _unbind(self, end, sid: bytes) -> None:
+        if self.by_end.pop((end, sid), None) is not None:
+            self.bound_ends[end] -= 1
+            if self.bound_ends[end] <= 0:
+                del self.bound_ends[end]
+
     def _data(self, end, data: bytes, now: float) -> list:
-        bound = self.by_end.get(end)
-        if bound is None:
-            self.drops["not_bound"] += 1
-            return []
         if len(data) > R.MAX_PAYLOAD + 9:
             self.drops["oversized"] += 1
             return []
-        sid, side = bound
-        if data[1:9] != sid:
+        sid = data[1:9]
+        side = self.by_end.get((end, sid))
+        if side is None:
             self.drops["not_bound"] += 1
             return []
         s = self.sessions[sid]
@@ -152,5 +159,5 @@ class RelayTable:
             s = self.sessions.pop(sid)
             for e in s.ends:
                 if e is not None:
-                    self.by_end.pop(e, None)
+                    self._unbind(e, sid)
         return len(gone)

@@ -69,6 +69,13 @@ KEEPALIVE_TIMEOUT = 10.0
 REKEY_ATTEMPT_TIME = 90.0
 QUEUE_LIMIT = 1024
 TAI64_BASE = 2**62 + 10
+DIRECT_PROBE_INTERVAL = 10.0  # while relayed, try the direct candidates again this often
+RELAY_AFTER = 1.0  # a handshake unanswered this long also goes through the relay
+
+
+def is_relayed(addr: Addr | None) -> bool:
+    """The I/O shell names "this peer, through its relay" with a pseudo-address relay:<session>."""
+    return addr is not None and addr[0].startswith("relay:")
 
 Addr = tuple[str, int]
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -101,6 +108,8 @@ class _Pending:
     sent: float
     first: float
     mac1: bytes
+    wire: bytes = b""
+    relay_sent: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -122,6 +131,8 @@ class Peer:
     last_sent: float = float("-inf")
     last_received: float = float("-inf")
     unanswered_since: float | None = None
+    last_direct_probe: float = float("-inf")
+    last_heard: float = float("-inf")  # any authenticated message from the peer, on any path
     rx_bytes: int = 0
     rx_packets: int = 0
     tx_bytes: int = 0
@@ -357,6 +368,7 @@ class Tunnel:
             return None
         if s is peer.next:
             self._promote_next(peer)
+        peer.last_heard = now
         peer.endpoint = addr
         peer.last_received = now
         peer.unanswered_since = None
@@ -406,21 +418,34 @@ class Tunnel:
         hs = NoiseIK.initiator(self.local, peer.public_key, PROLOGUE)
         noise = hs.write_message(tai64n(now + self.wall_offset))
         wire = self._stamp(peer, HandshakeInit(idx, noise).body(), now)
-        pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN])
+        pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN], wire)
         peer.pending = pending
         self._index[idx] = (peer, pending)
-        self._out.append((wire, peer.endpoint))
-        if peer.current is None:
-            for c in peer.config.candidates:
-                if c != peer.endpoint:
-                    self._out.append((wire, c))
-            if peer.config.spray:
-                host = peer.endpoint[0]
-                raw = self.rand(2 * peer.config.spray)
-                for i in range(peer.config.spray):
-                    port = 1024 + int.from_bytes(raw[2 * i : 2 * i + 2], "big") % (65536 - 1024)
-                    self._out.append((wire, (host, port)))
+        direct = [c for c in (peer.endpoint, *peer.config.candidates) if c is not None and not is_relayed(c)]
+        direct = list(dict.fromkeys(direct))
+        if peer.current is not None and not is_relayed(peer.endpoint) and peer.unanswered_since is None:
+            targets = [peer.endpoint]  # a plain rekey on a working path
+        elif peer.current is not None and is_relayed(peer.endpoint):
+            targets = direct  # looking for a way back to direct; the relayed session keeps working meanwhile
+        else:
+            targets = direct  # connecting: direct candidates now, the relay after RELAY_AFTER (handle_timer)
+        if not targets:
+            targets = self._relay_targets(peer)
+            pending.relay_sent = True
+        peer.last_direct_probe = now
+        for t in targets:
+            self._out.append((wire, t))
+        if peer.config.spray and peer.current is None and peer.endpoint is not None and not is_relayed(peer.endpoint):
+            host = peer.endpoint[0]
+            raw = self.rand(2 * peer.config.spray)
+            for i in range(peer.config.spray):
+                port = 1024 + int.from_bytes(raw[2 * i : 2 * i + 2], "big") % (65536 - 1024)
+                self._out.append((wire, (host, port)))
         peer.last_sent = now
+
+    @staticmethod
+    def _relay_targets(peer: Peer) -> list:
+        return [c for c in (peer.endpoint, *peer.config.candidates) if c is not None and is_relayed(c)][:1]
 
     def _on_init(self, data: bytes, addr: Addr, now: float) -> None:
         try:
@@ -454,6 +479,7 @@ class Tunnel:
             self._drop(D.STALE_TIMESTAMP, peer)
             return
         peer.last_timestamp = timestamp
+        peer.last_heard = now
         idx = self._new_index(peer)
         wire = self._stamp(peer, HandshakeResponse(idx, msg.sender, hs.write_message(b"")).body(), now)
         send, recv = hs.split()
@@ -495,6 +521,7 @@ class Tunnel:
         peer.previous = peer.current
         peer.current = session
         peer.pending = None
+        peer.last_heard = now
         peer.rtt = now - pending.sent
         peer.endpoint = addr
         peer.last_handshake = now
@@ -541,6 +568,15 @@ class Tunnel:
     def handle_timer(self, now: float) -> None:
         for peer in list(self.peers.values()):
             p = peer.pending
+            # (An upgrade probe from a young relayed session stays direct-only; a due rekey may use the relay.)
+            # Only when nothing at all came back: a crossing handshake that completed directly must
+            # not drag both sides onto the relay.
+            if p is not None and not p.relay_sent and now - p.sent >= RELAY_AFTER and peer.last_heard < p.sent \
+                    and not (peer.current is not None and is_relayed(peer.endpoint)
+                             and now - peer.current.created < self.rekey_after):
+                p.relay_sent = True  # punching has not worked within a second: start on the relay too
+                for t in self._relay_targets(peer):
+                    self._out.append((p.wire, t))
             if p is not None and now - p.sent >= self.rekey_timeout:
                 if now - p.first >= REKEY_ATTEMPT_TIME:
                     self._index.pop(p.index, None)
@@ -559,6 +595,10 @@ class Tunnel:
                     now - peer.unanswered_since >= KEEPALIVE_TIMEOUT + self.rekey_timeout:
                 peer.unanswered_since = None
                 self._initiate(peer, now)
+            if peer.pending is None and peer.current is not None and is_relayed(peer.endpoint) and \
+                    now - peer.last_direct_probe >= DIRECT_PROBE_INTERVAL and \
+                    any(not is_relayed(c) for c in (*peer.config.candidates, peer.config.endpoint) if c):
+                self._initiate(peer, now)
             ka = peer.config.keepalive
             if ka > 0 and now - peer.last_sent >= ka and peer.endpoint is not None:
                 self._keepalive(peer, now)
@@ -571,6 +611,8 @@ class Tunnel:
         for peer in self.peers.values():
             if peer.pending is not None:
                 deadlines.append(peer.pending.sent + self.rekey_timeout)
+                if not peer.pending.relay_sent and self._relay_targets(peer):
+                    deadlines.append(peer.pending.sent + RELAY_AFTER)
             if peer.config.keepalive > 0 and peer.endpoint is not None:
                 deadlines.append(peer.last_sent + peer.config.keepalive)
             if peer.current is not None:
@@ -590,7 +632,8 @@ class Tunnel:
                 "public_key": _b64(peer.public_key),
                 "addresses": [str(a) for a in peer.config.addresses],
                 "endpoint": _fmt_addr(peer.endpoint),
-                "path": ("direct" if peer.current is not None else "connecting") if peer.endpoint else "none",
+                "path": ("none" if not peer.endpoint else "connecting" if peer.current is None
+                         else "relayed" if is_relayed(peer.endpoint) else "direct"),
                 "rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000, 2),
                 "session": peer.current is not None,
                 "last_handshake_ago": None if peer.last_handshake is None else round(now - peer.last_handshake, 1),

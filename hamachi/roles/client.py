@@ -22,7 +22,7 @@ from hamachi.crypto.keys import encode_key
 from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
 from hamachi.io.control import ControlClient
-from hamachi.io.dataplane import DataPlane
+from hamachi.io.dataplane import DataPlane, RelayLink
 from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
@@ -148,6 +148,8 @@ class ClientDaemon:
                 cands.append((host.strip("[]"), int(port)))
         addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
         spray = await self._birthday(p, cands[0] if cands else None)
+        if p.ticket:
+            cands.append(await self._relay(p))
         await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
                                        p.nickname, tuple(cands[1:]), spray))
         log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
@@ -158,6 +160,35 @@ class ClientDaemon:
             return
         await self.remove_peer(p.public_key)
         log.info("tunnel to %s dropped (%s)", encode_key(p.public_key)[:10], p.reason)
+
+    async def _relay(self, p) -> tuple[str, int]:
+        """Bind our side of the pair's relay session (UDP first, TCP 443 if UDP gets no answer)."""
+        udp_s, _, tcp_s = p.relay.partition(",")
+
+        def parse(text):
+            host, _, port = text.strip().rpartition(":")
+            return (_resolve(host.strip("[]")), int(port)) if host and port.isdigit() else None
+
+        from hamachi.crypto.ticket import MAC_LEN
+        sid = p.ticket[1:9] if len(p.ticket) > 9 + MAC_LEN else b""
+        link = RelayLink(sid, p.side, p.ticket, parse(udp_s), parse(tcp_s))
+        pseudo = await self._in_loop(lambda t, now: self.dataplane.add_relay(link))
+        asyncio.create_task(self._relay_fallback(link))
+        return pseudo
+
+    async def _relay_fallback(self, link: RelayLink) -> None:
+        await asyncio.sleep(1.5)
+        if link.tcp_addr is None or await self._in_loop(lambda t, now: self.dataplane.relay_bound(link.sid)):
+            return
+        import socket
+
+        try:
+            sock = await asyncio.to_thread(socket.create_connection, link.tcp_addr, 3.0)
+        except OSError as exc:
+            log.warning("relay %s unreachable over UDP and TCP: %s", link.tcp_addr, exc)
+            return
+        await self._in_loop(lambda t, now: self.dataplane.attach_tcp(link.sid, sock))
+        log.info("relay session %s over TCP %s:%d", link.sid.hex(), *link.tcp_addr)
 
     async def _birthday(self, p, endpoint) -> int:
         """Birthday-paradox probing where one side is behind a symmetric NAT and the other filters.
@@ -236,14 +267,19 @@ class ClientDaemon:
             findings.append({"topic": "nat", "ok": ok, "text": text})
         for p in st["peers"]:
             name = p["name"] or p["public_key"][:10]
-            if p["session"]:
-                findings.append({"topic": name, "ok": True,
-                                 "text": f"direct path via {p['endpoint']}, last handshake {p['last_handshake_ago']}s ago"})
+            why = ("both sides may be behind NATs that will not let the other in (for example both symmetric, "
+                   "or a firewall that lets no UDP out)" if nat is not None and nat.nat
+                   else "the peer's NAT or firewall does not let our packets in")
+            if p["path"] == "direct":
+                findings.append({"topic": name, "ok": True, "text": f"direct path via {p['endpoint']}, "
+                                 f"RTT {p['rtt_ms']} ms, last handshake {p['last_handshake_ago']}s ago"})
+            elif p["path"] == "relayed":
+                findings.append({"topic": name, "ok": True, "text": f"relayed (still end-to-end encrypted), RTT "
+                                 f"{p['rtt_ms']} ms: no direct path because {why}; still trying direct every "
+                                 f"few seconds; to go direct: {fix_forward} (on either side)"})
             else:
-                why = ("both sides may be behind NATs that will not let the other in (for example both symmetric)"
-                       if nat is not None and nat.nat else "the peer does not answer at its endpoints")
                 findings.append({"topic": name, "ok": False,
-                                 "text": f"no direct path yet (tried {p['endpoint'] or 'no endpoint'}): {why}; "
+                                 "text": f"no path yet (tried {p['endpoint'] or 'no endpoint'}): {why}; "
                                          f"fix: {fix_forward} (on either side)"})
         return {"findings": findings, "nat": st.get("nat")}
 

@@ -10,10 +10,11 @@ import time
 
 from hamachi.config import ServerSettings
 from hamachi.crypto import password as pw
+from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
 from hamachi.io.control import ControlListener
 from hamachi.io.stun import StunService
-from hamachi.proto.control_server import ControlServer
+from hamachi.proto.control_server import ControlServer, RelayInfo
 from hamachi.store.sqlite import open_store
 
 log = logging.getLogger("hamachi.server")
@@ -27,7 +28,9 @@ class ServerDaemon:
         self.store = open_store(s.database, s.overlay4, s.overlay6)
         self.core = ControlServer(self.store, time.monotonic(), registration=s.registration,
                                   prefix4=s.overlay4.prefixlen, prefix6=s.overlay6.prefixlen if s.overlay6 else 48,
-                                  login_rate=s.login_rate, wall_offset=time.time() - time.monotonic())
+                                  login_rate=s.login_rate, wall_offset=time.time() - time.monotonic(),
+                                  relays=tuple(RelayInfo(r.name, str(r.udp), str(r.tcp) if r.tcp else "",
+                                                         shared_key(s.key, r.public_key)) for r in s.relays))
         self.listener = ControlListener(self.core, s.key)
         self.stun: StunService | None = None
 

@@ -250,15 +250,19 @@ class Delta(Message):
 @dataclass(frozen=True, slots=True)
 class PeerUp(Message):
     """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first;
-    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown)."""
+    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown); `relay`
+    ("udp host:port,tcp host:port"), `ticket` and `side` let the pair meet at a relay."""
 
-    FIELDS = ("key", "text", "text", "text", "text", "text")
+    FIELDS = ("key", "text", "text", "text", "text", "text", "text", "blob", "u8")
     public_key: bytes
     nickname: str
     address4: str
     address6: str
     endpoint: str
     nat: str = ""
+    relay: str = ""
+    ticket: bytes = b""
+    side: int = 0
 
 
 @message(68)
