@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,6 +123,19 @@ def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
             raise AssertionError(f"not connected: {unreachable}\n{json.dumps(diag, indent=1)}")
         wrong = [(a, b, paths.get((a, b))) for a, b in pairs if paths.get((a, b)) not in expected_path(a, b)]
         assert not wrong, wrong
+        # The relay carries only ciphertext: a known plaintext pinged through it never appears on its wire.
+        pattern = b"hamachi-secret!!".hex()
+        cap = rly.popen(["tcpdump", "-i", "eth0", "-w", str(tmp_path / "relay.pcap"), "-U", "not arp"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.wait_for(lambda: (tmp_path / "relay.pcap").exists(), what="tcpdump on the relay")
+        time.sleep(0.5)  # tcpdump opens the file before its capture is live
+        lab.host("uh-1").run(["ping", "-c5", "-i0.2", "-W2", "-p", pattern, ip["pub"]])
+        time.sleep(0.5)
+        cap.terminate()
+        cap.wait(timeout=5)
+        pcap = (tmp_path / "relay.pcap").read_bytes()
+        assert len(pcap) > 1000, "the capture saw no relayed traffic"
+        assert bytes.fromhex(pattern) not in pcap
         doc = json.loads(nodes.cli(lab.host("sy-1"), "client", "doctor", "--json", "--config", str(cfgs["sy-1"])).stdout)
         nat_finding = next(f for f in doc["findings"] if f["topic"] == "nat")
         assert not nat_finding["ok"] and "symmetric" in nat_finding["text"] and "forward UDP" in nat_finding["text"]
