@@ -37,15 +37,25 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable
 
 from hamachi.crypto import cookie as ck
 from hamachi.crypto.keys import KeyPair
 from hamachi.crypto.noise import HandshakeError, NoiseIK
 from hamachi.crypto.session import Session
 from hamachi.proto import drops as D
+from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import them from here)
+    QUEUE_LIMIT,
+    Addr,
+    Interface,
+    Peer,
+    PeerConfig,
+    Router,
+    _Pending,
+    inner_destination,
+    inner_source,
+)
 from hamachi.proto.ratelimit import RateLimiter
 from hamachi.wire.codec import DecodeError
 from hamachi.wire.transport import (
@@ -67,7 +77,6 @@ REJECT_AFTER = 180.0
 REKEY_TIMEOUT = 5.0
 KEEPALIVE_TIMEOUT = 10.0
 REKEY_ATTEMPT_TIME = 90.0
-QUEUE_LIMIT = 1024
 TAI64_BASE = 2**62 + 10
 DIRECT_PROBE_INTERVAL = 10.0  # while relayed, try the direct candidates again this often
 RELAY_AFTER = 1.0  # a handshake unanswered this long also goes through the relay
@@ -77,136 +86,11 @@ def is_relayed(addr: Addr | None) -> bool:
     """The I/O shell names "this peer, through its relay" with a pseudo-address relay:<session>."""
     return addr is not None and addr[0].startswith("relay:")
 
-Addr = tuple[str, int]
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def tai64n(wall: float) -> bytes:
     sec = int(wall)
     return struct.pack(">QI", TAI64_BASE + sec, int((wall - sec) * 1e9))
-
-
-@dataclass(frozen=True, slots=True)
-class PeerConfig:
-    public_key: bytes
-    addresses: tuple[Interface, ...] = ()
-    endpoint: Addr | None = None
-    keepalive: float = 0.0
-    name: str = ""
-    # Other addresses the peer may be reached at (LAN, port forward...): until a session is up,
-    # handshakes go to all of them and the first to answer becomes the endpoint.
-    candidates: tuple[Addr, ...] = ()
-    # The peer is behind a symmetric NAT: also send each handshake to this many random ports of its
-    # address (birthday-paradox probing; its side keeps many sockets open toward us).
-    spray: int = 0
-
-
-@dataclass(slots=True)
-class _Pending:
-    hs: NoiseIK
-    index: int
-    sent: float
-    first: float
-    mac1: bytes
-    wire: bytes = b""
-    relay_sent: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class Peer:
-    config: PeerConfig
-    public_key: bytes
-    endpoint: Addr | None
-    mac1_key: bytes
-    current: Session | None = None
-    previous: Session | None = None
-    next: Session | None = None
-    pending: _Pending | None = None
-    queue: deque = field(default_factory=lambda: deque(maxlen=QUEUE_LIMIT))
-    last_timestamp: bytes = b""
-    cookie: bytes | None = None
-    cookie_time: float = 0.0
-    last_handshake: float | None = None
-    rtt: float | None = None  # seconds, from the last handshake we initiated (initiation -> response)
-    last_sent: float = float("-inf")
-    last_received: float = float("-inf")
-    unanswered_since: float | None = None
-    last_direct_probe: float = float("-inf")
-    last_heard: float = float("-inf")  # any authenticated message from the peer, on any path
-    rx_bytes: int = 0
-    rx_packets: int = 0
-    tx_bytes: int = 0
-    tx_packets: int = 0
-    drops: Counter = field(default_factory=Counter)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-class Router:
-    """Cryptokey routing table: inner address -> peers."""
-
-    def __init__(self) -> None:
-        self.exact: dict[bytes, Peer] = {}
-        self.prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Peer]] = []
-
-    def add(self, peer: Peer, addresses: Iterable[Interface]) -> None:
-        for a in addresses:
-            net = a.network if a.network.prefixlen < a.max_prefixlen else None
-            if net is None:
-                self.exact[a.ip.packed] = peer
-            else:
-                self.prefixes.append((net, peer))
-                # The peer's own address is a host route too (fast path for the common case).
-                self.exact[a.ip.packed] = peer
-        self.prefixes.sort(key=lambda item: -item[0].prefixlen)
-
-    def remove(self, peer: Peer) -> None:
-        self.exact = {k: v for k, v in self.exact.items() if v is not peer}
-        self.prefixes = [(n, p) for n, p in self.prefixes if p is not peer]
-
-    def lookup(self, dst: bytes) -> Peer | None:
-        peer = self.exact.get(dst)
-        if peer is not None or not self.prefixes:
-            return peer
-        ip = ipaddress.ip_address(dst)
-        for net, p in self.prefixes:
-            if ip.version == net.version and ip in net:
-                return p
-        return None
-
-    def route(self, packet: bytes) -> tuple[Peer, ...]:
-        """Peers an inner packet goes to (one for unicast; a later fan-out gives many)."""
-        dst = inner_destination(packet)
-        if dst is None:
-            return ()
-        peer = self.lookup(dst)
-        return (peer,) if peer is not None else ()
-
-    def allowed_source(self, peer: Peer, packet: bytes) -> bool:
-        src = inner_source(packet)
-        return src is not None and self.lookup(src) is peer
-
-
-def inner_destination(packet: bytes) -> bytes | None:
-    if not packet:
-        return None
-    v = packet[0] >> 4
-    if v == 4 and len(packet) >= 20:
-        return packet[16:20]
-    if v == 6 and len(packet) >= 40:
-        return packet[24:40]
-    return None
-
-
-def inner_source(packet: bytes) -> bytes | None:
-    v = packet[0] >> 4
-    if v == 4 and len(packet) >= 20:
-        return packet[12:16]
-    if v == 6 and len(packet) >= 40:
-        return packet[8:24]
-    return None
 
 
 class Tunnel:
