@@ -35,12 +35,13 @@ def show(cmd: list[str], host=None, cwd=None) -> str:
 def main() -> int:
     t0 = time.monotonic()
     ham = nodes.hamachi_cmd()
-    topo = Topology(public=["a", "b"], sites=[Site("home", "port-restricted")])
+    topo = Topology(public=["a", "b"], relays=["rly"],
+                    sites=[Site("home", "port-restricted"), Site("mobile", "symmetric"), Site("office", "udp-hostile")])
     with tempfile.TemporaryDirectory(prefix="hamachi-demo-") as tmp, Lab(topo) as lab:
         tmp = Path(tmp)
         step(f"A network lab: {len(lab.hosts)} namespaces built in {lab.build_seconds:.2f}s")
         t = Table("host", "address", "seen from the internet as")
-        for n in ("srv", "a", "b", "home-nat", "home-1"):
+        for n in ("srv", "rly", "a", "b", "home-1", "mobile-1", "office-1"):
             t.add_row(n, lab.host(n).addr, lab.public_ip(n))
         con.print(t)
 
@@ -58,12 +59,17 @@ def main() -> int:
         bad.write_text(bad.read_text().replace("mtu = 1420", "mtu = 1420\nmut = 9000"))
         show([*ham, "client", "up", "--config", str(bad), "--check"])
 
-        step("The control server on srv; alice (a), bob (b) and carol (behind a NAT at home) log in")
+        step("The control server on srv (also on TCP 443), a relay on rly; five people log in: alice and bob "
+             "(public), carol (home NAT), dave (symmetric mobile NAT), erin (office firewall: only TCP 443 out)")
         dep = nodes.Deployment(lab, tmp / "live")
+        dep.add_relay("rly")
+        cfg_text = dep.server_cfg.read_text().replace('"0.0.0.0:7777"', '"0.0.0.0:7777", "0.0.0.0:443"')
+        dep.server_cfg.write_text(cfg_text)
         dep.start_server()
-        for host, name in (("a", "alice"), ("b", "bob"), ("home-1", "carol")):
-            dep.add_client(host, name)
-        ip = {n: dep.address(h, n) for h, n in (("a", "alice"), ("b", "bob"), ("home-1", "carol"))}
+        people = (("a", "alice"), ("b", "bob"), ("home-1", "carol"), ("mobile-1", "dave"), ("office-1", "erin"))
+        for host, name in people:
+            dep.add_client(host, name, port=443 if name == "erin" else 7777)
+        ip = {n: dep.address(h, n) for h, n in people}
         con.print("overlay addresses handed out by the server: " + ", ".join(f"{n} {a}" for n, a in ip.items()))
         step("alice creates a network; bob tries a wrong password, then everyone joins")
         a_cfg = ["--config", str(dep.clients["alice"])]
@@ -72,11 +78,13 @@ def main() -> int:
              lab.host("b"), cwd=str(ROOT))
         show([*ham, "client", "join", "lan-party", "--password", "gg", "--config", str(dep.clients["bob"])],
              lab.host("b"), cwd=str(ROOT))
-        show([*ham, "client", "join", "lan-party", "--password", "gg", "--config", str(dep.clients["carol"])],
-             lab.host("home-1"), cwd=str(ROOT))
+        for host, name in people[2:]:
+            show([*ham, "client", "join", "lan-party", "--password", "gg", "--config", str(dep.clients[name])],
+                 lab.host(host), cwd=str(ROOT))
         show([*ham, "client", "networks", *a_cfg], lab.host("a"), cwd=str(ROOT))
-        step("The server told everyone to set up tunnels: peer-to-peer, encrypted end to end")
-        for n in ("bob", "carol"):
+        step("The server told everyone to set up tunnels: peer-to-peer where any NAT allows it, through the "
+             "relay (still end-to-end encrypted) where nothing else works")
+        for n in ("bob", "carol", "dave", "erin"):
             lab.wait_for(lambda n=n: dep.can_ping("a", ip[n]), timeout=30, what=f"alice -> {n}")
             show(["ping", "-c2", "-i0.2", ip[n]], lab.host("a"))
         srv = lab.host("b").popen(["iperf3", "-s", "-1", "-B", ip["bob"]], stdout=subprocess.DEVNULL)
@@ -93,6 +101,8 @@ def main() -> int:
         lab.wait_for(lambda: not dep.can_ping("a", ip["bob"]), timeout=20, what="tunnel to bob to go down")
         con.print(f"alice can no longer reach bob ({ip['bob']}); carol still answers: "
                   f"{'yes' if dep.can_ping('a', ip['carol']) else 'no'}")
+        step("erin can only reach the outside over TCP 443: hamachi client doctor explains her paths")
+        show([*ham, "client", "doctor", "--config", str(dep.clients["erin"])], lab.host("office-1"), cwd=str(ROOT))
         dep.stop()
         step(f"Done in {time.monotonic() - t0:.1f}s; the lab is torn down on exit.")
     return 0

@@ -255,3 +255,24 @@ def test_spray_probes_random_ports_of_a_symmetric_peer_until_a_session_exists():
     n.a.peers[n.kb.public].pending = None
     n.a._initiate(n.a.peers[n.kb.public], n.now + 1)
     assert len(n.a.datagrams_to_send()) == 1
+
+
+def test_router_longest_prefix_wins_and_route_is_a_tuple():
+    from hamachi.proto.peer import Router
+
+    t = Tunnel(KeyPair.generate(), 0, os.urandom)
+    wide = t.add_peer(PeerConfig(KeyPair.generate().public, (ipaddress.ip_interface("10.0.0.0/8"),)))
+    narrow = t.add_peer(PeerConfig(KeyPair.generate().public, (ipaddress.ip_interface("10.1.2.0/24"),)))
+    host = t.add_peer(PeerConfig(KeyPair.generate().public, (ipaddress.ip_interface("10.1.2.3/32"),)))
+    r: Router = t.router
+    assert r.route(ip4(A_IP, "10.1.2.3")) == (host,)
+    assert r.route(ip4(A_IP, "10.1.2.4")) == (narrow,)
+    assert r.route(ip4(A_IP, "10.200.0.1")) == (wide,)
+    assert r.route(ip4(A_IP, "192.0.2.1")) == ()
+    assert r.route(b"") == () and r.route(b"\x45\x00") == () and r.route(b"\x60" + bytes(10)) == ()
+    # Anti-spoofing: the inner source must route back to the sender.
+    assert r.allowed_source(narrow, ip4("10.1.2.9", A_IP))
+    assert not r.allowed_source(wide, ip4("10.1.2.9", A_IP))
+    assert not r.allowed_source(host, b"")
+    t.remove_peer(narrow.public_key)
+    assert r.route(ip4(A_IP, "10.1.2.4")) == (wide,)

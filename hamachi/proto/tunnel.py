@@ -406,7 +406,7 @@ class Tunnel:
         peer.current = session
         peer.pending = None
         peer.last_heard = now
-        peer.rtt = now - pending.sent
+        peer.rtt = now - (pending.relay_sent_at if is_relayed(addr) and pending.relay_sent_at else pending.sent)
         peer.endpoint = addr
         peer.last_handshake = now
         peer.last_received = now
@@ -459,6 +459,7 @@ class Tunnel:
                     and not (peer.current is not None and is_relayed(peer.endpoint)
                              and now - peer.current.created < self.rekey_after):
                 p.relay_sent = True  # punching has not worked within a second: start on the relay too
+                p.relay_sent_at = now
                 for t in self._relay_targets(peer):
                     self._out.append((p.wire, t))
             if p is not None and now - p.sent >= self.rekey_timeout:
@@ -545,4 +546,6 @@ def _b64(key: bytes) -> str:
 def _fmt_addr(addr: Addr | None) -> str | None:
     if addr is None:
         return None
+    if is_relayed(addr):
+        return addr[0]  # relay:<session id>
     return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"

@@ -274,8 +274,9 @@ class ClientDaemon:
                 findings.append({"topic": name, "ok": True, "text": f"direct path via {p['endpoint']}, "
                                  f"RTT {p['rtt_ms']} ms, last handshake {p['last_handshake_ago']}s ago"})
             elif p["path"] == "relayed":
-                findings.append({"topic": name, "ok": True, "text": f"relayed (still end-to-end encrypted), RTT "
-                                 f"{p['rtt_ms']} ms: no direct path because {why}; still trying direct every "
+                rtt = f"RTT {p['rtt_ms']} ms" if p["rtt_ms"] is not None else "RTT not measured yet"
+                findings.append({"topic": name, "ok": True, "text": f"relayed (still end-to-end encrypted), {rtt}: "
+                                 f"no direct path because {why}; still trying direct every "
                                  f"few seconds; to go direct: {fix_forward} (on either side)"})
             else:
                 findings.append({"topic": name, "ok": False,

@@ -130,8 +130,24 @@ class Deployment:
         cfg.write_text(cfg.read_text().replace("/run/hamachi/server.sock", str(tmp / "srv" / "api.sock")))
         self.server_cfg = cfg
         self.server = None
+        self.relay = None
         self.clients: dict[str, Path] = {}
         self.procs: dict[str, subprocess.Popen] = {}
+
+    def add_relay(self, host: str = "rly"):
+        """A relay on `host`, registered in the server's config (call before start_server)."""
+        h = self.lab.host(host)
+        out = json.loads(cli(h, "relay", "init", "--dir", str(self.tmp / host), "--server-key", self.server_key,
+                             "--json").stdout)
+        rcfg = self.tmp / host / "relay.toml"
+        rcfg.write_text(rcfg.read_text().replace("/run/hamachi/relay.sock", str(self.tmp / host / "api.sock")))
+        log = open(self.tmp / host / "relay.log", "ab")
+        self.relay = h.popen([*hamachi_cmd(), "relay", "run", "--config", str(rcfg)], stdout=log, stderr=log,
+                             cwd=str(ROOT))
+        self.lab.wait_for(lambda: ":443" in h.run(["ss", "-ltn"]).stdout, timeout=20, what="relay")
+        with open(self.server_cfg, "a") as fh:
+            fh.write(f'\n[[relay]]\nname = "{host}"\npublic_key = "{out["public_key"]}"\n'
+                     f'udp = "{h.addr}:3480"\ntcp = "{h.addr}:443"\n')
 
     def start_server(self):
         srv = self.lab.host("srv")
@@ -140,9 +156,9 @@ class Deployment:
                                 stdout=log, stderr=log, cwd=str(ROOT))
         self.lab.wait_for(lambda: "7777" in srv.run(["ss", "-ltn"]).stdout, timeout=20, what="control server")
 
-    def add_client(self, host: str, name: str):
+    def add_client(self, host: str, name: str, port: int = 7777):
         d = self.tmp / name
-        cli(self.lab.host(host), "client", "init", "--dir", str(d), "--server", "198.51.100.10:7777",
+        cli(self.lab.host(host), "client", "init", "--dir", str(d), "--server", f"198.51.100.10:{port}",
             "--server-key", self.server_key, "--name", name)
         cfg = d / "client.toml"
         cfg.write_text(cfg.read_text().replace("/run/hamachi/client-ham0.sock", str(d / "api.sock")))
@@ -165,5 +181,7 @@ class Deployment:
             stop(p)
         if self.server:
             stop(self.server)
+        if self.relay:
+            stop(self.relay)
 
 
