@@ -62,6 +62,7 @@ class _Pending:
     mac1: bytes
     wire: bytes = b""
     relay_sent: bool = False
+    relay_sent_at: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
