@@ -276,3 +276,17 @@ def test_router_longest_prefix_wins_and_route_is_a_tuple():
     assert not r.allowed_source(host, b"")
     t.remove_peer(narrow.public_key)
     assert r.route(ip4(A_IP, "10.1.2.4")) == (wide,)
+
+
+def test_rate_limiter_buckets_refill_and_stay_bounded():
+    from hamachi.proto.ratelimit import RateLimiter
+
+    rl = RateLimiter(rate=2.0, burst=3.0, max_keys=4)
+    assert [rl.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert rl.allow("a", 0.5)  # one token back after half a second
+    assert not rl.allow("a", 0.5)
+    assert all(rl.allow(k, 0.5) for k in "bcd")
+    assert not rl.allow("e", 0.5)  # table full of live buckets: newcomers refused, not stored
+    assert len(rl._buckets) == 4
+    assert rl.allow("e", 10.0)  # old buckets refilled and were forgotten
+    assert len(rl._buckets) <= 4

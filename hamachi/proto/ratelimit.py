@@ -11,6 +11,7 @@ class RateLimiter:
         self.burst = burst
         self.max_keys = max_keys
         self._buckets: dict[object, tuple[float, float]] = {}
+        self._expired_at = float("-inf")
 
     def allow(self, key: object, now: float) -> bool:
         tokens, last = self._buckets.get(key, (self.burst, now))
@@ -19,7 +20,13 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return False
         if len(self._buckets) >= self.max_keys and key not in self._buckets:
-            self.expire(now)
+            # A flood from many (spoofed) sources: scan at most once per `now` value, and when
+            # the table is still full refuse newcomers rather than grow without bound.
+            if now > self._expired_at:
+                self._expired_at = now
+                self.expire(now)
+            if len(self._buckets) >= self.max_keys:
+                return False
         self._buckets[key] = (tokens - 1.0, now)
         return True
 
