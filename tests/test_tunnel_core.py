@@ -290,3 +290,33 @@ def test_rate_limiter_buckets_refill_and_stay_bounded():
     assert len(rl._buckets) == 4
     assert rl.allow("e", 10.0)  # old buckets refilled and were forgotten
     assert len(rl._buckets) <= 4
+
+
+def test_many_spoofed_sources_hit_the_global_budget_and_get_cookies():
+    n = Net()
+    n.b._hs_global.rate = n.b._hs_global.burst = 2.0
+    n.send("a", b"x")
+    n.collect()
+    init = next(d for side, d in n.wire if d[0] == 1)
+    n.wire.clear()
+    # Replays of one initiation from many source addresses: after the global budget, no more DH.
+    for i in range(6):
+        assert n.b.receive(init, (f"203.0.113.{i + 1}", 1000), n.now) == []
+    assert n.b.drops[D.COOKIE_SENT] == 4
+    cookie_replies = [d for d, _ in n.b.datagrams_to_send() if d[0] == 3]
+    assert len(cookie_replies) == 4
+
+
+def test_cookie_holder_over_its_budget_is_rate_limited():
+    n = Net()
+    n.b._hs_limit.rate = n.b._hs_limit.burst = 1.0
+    n.b._hs_cookie_limit.rate = n.b._hs_cookie_limit.burst = 1.0
+    n.send("a", b"x")
+    n.pump()
+    peer = n.a.peers[n.kb.public]
+    for _ in range(4):
+        peer.pending = None
+        n.a._initiate(peer, n.now)
+        n.pump()
+    assert n.b.drops[D.COOKIE_SENT] == 1
+    assert n.b.drops[D.RATE_LIMITED] >= 1

@@ -9,6 +9,7 @@ HANDSHAKE_FAILED = "handshake_failed"
 UNKNOWN_PEER = "unknown_peer"
 COOKIE_SENT = "cookie_sent"  # under load: answered with a cookie instead of a handshake
 BAD_COOKIE = "bad_cookie"
+RATE_LIMITED = "rate_limited"  # a cookie holder over its own handshake budget
 # Authenticated, per peer
 REPLAY = "replay"
 DECRYPT_FAILED = "decrypt_failed"

@@ -113,7 +113,13 @@ class Tunnel:
         self._index: dict[int, tuple[Peer, Session | _Pending]] = {}
         self._out: list[tuple[bytes, Addr]] = []
         self._cookies = ck.CookieChecker(local.public, rand)
+        # Per source: a source over its rate must prove its address with a cookie (mac2). Globally:
+        # past `handshake_rate * 10` initiations a second from anywhere (many spoofed sources),
+        # everyone must. Cookie holders get their own per-source budget so a real address that
+        # fetched a cookie still cannot force unlimited DH work.
         self._hs_limit = RateLimiter(rate=handshake_rate, burst=handshake_rate)
+        self._hs_global = RateLimiter(rate=handshake_rate * 10, burst=handshake_rate * 10)
+        self._hs_cookie_limit = RateLimiter(rate=handshake_rate, burst=handshake_rate)
         self.started = now
 
     # -- configuration ---------------------------------------------------------
@@ -342,12 +348,17 @@ class Tunnel:
             self._drop(D.BAD_MAC1)
             return
         source = _source_bytes(addr)
-        if not self._hs_limit.allow(addr[0], now):
+        under_load = not self._hs_limit.allow(addr[0], now)
+        under_load = not self._hs_global.allow(None, now) or under_load
+        if under_load:
             # Under load: no DH without a cookie proving the source address is real.
             if not self._cookies.check_mac2(body + msg.mac1, msg.mac2, source, now):
                 nonce, enc = self._cookies.make_reply(msg.mac1, source, now)
                 self._out.append((CookieReply(msg.sender, nonce, enc).encode(), addr))
                 self._drop(D.COOKIE_SENT)
+                return
+            if not self._hs_cookie_limit.allow(addr[0], now):
+                self._drop(D.RATE_LIMITED)
                 return
         hs = NoiseIK.responder(self.local, PROLOGUE)
         try:
