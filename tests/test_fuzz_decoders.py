@@ -14,10 +14,24 @@ from hypothesis import strategies as st
 from hamachi.crypto.keys import KeyPair
 from hamachi.proto import offload
 from hamachi.proto.tunnel import PeerConfig, Tunnel
+from hamachi.wire import stun as S
 from hamachi.wire import transport as T
 from hamachi.wire.codec import DecodeError
 
+
+
+def _stun_decode(data: bytes):
+    """STUN message plus its mapped address (the attribute a client acts on); re-encodes without FINGERPRINT."""
+    m = S.StunMessage.decode(data)
+    _ = m.mapped
+    return type("Stun", (), {"encode": staticmethod(lambda: m.encode(fingerprint=False))})
+
+
+_STUN_TXID = os.urandom(12)
 DECODERS = [
+    ("stun_binding_response", _stun_decode, S.StunMessage(S.BINDING_RESPONSE, _STUN_TXID, (
+        (S.XOR_MAPPED_ADDRESS, S.encode_address(("203.0.113.5", 4000), S.MAGIC_BYTES + _STUN_TXID)),
+        (S.OTHER_ADDRESS, S.encode_address(("2001:db8::1", 3479))))).encode(fingerprint=False)),
     ("handshake_init", T.HandshakeInit.decode, T.HandshakeInit(7, os.urandom(T.INIT_NOISE_LEN)).encode()),
     ("handshake_response", T.HandshakeResponse.decode,
      T.HandshakeResponse(7, 9, os.urandom(T.RESPONSE_NOISE_LEN)).encode()),
