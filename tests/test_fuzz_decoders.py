@@ -19,7 +19,6 @@ from hamachi.wire import transport as T
 from hamachi.wire.codec import DecodeError
 
 
-
 def _stun_decode(data: bytes):
     """STUN message plus its mapped address (the attribute a client acts on); re-encodes without FINGERPRINT."""
     m = S.StunMessage.decode(data)
