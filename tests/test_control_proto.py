@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from hamachi.crypto.keys import KeyPair
-from hamachi.proto.control_server import IDLE_TIMEOUT, ControlServer
+from hamachi.crypto.ticket import Ticket
+from hamachi.proto.control_server import IDLE_TIMEOUT, ControlServer, RelayInfo
 from hamachi.store.sqlite import SqliteStore
 from hamachi.wire import control as M
 
@@ -22,14 +23,14 @@ class World:
         self.inbox: dict[str, list[M.Message]] = {}
         self.req = 0
 
-    def login(self, name: str, port: int = 41641, token: str = "") -> M.Message:
+    def login(self, name: str, port: int = 41641, token: str = "", report: tuple = ()) -> M.Message:
         self.keys.setdefault(name, KeyPair.generate())
         self.inbox[name] = []
         self.core.connect(name, self.keys[name].public, (f"198.51.100.{30 + len(self.keys)}", 5555), self.now)
         self.core.receive(name, M.Hello("test", name, token), self.now)
         self.flush()
         if name in self.core.conns:
-            self.core.receive(name, M.Discovery(port), self.now)
+            self.core.receive(name, M.Discovery(port, report), self.now)
             self.flush()
         return self.inbox[name][0] if self.inbox[name] else None
 
@@ -198,3 +199,27 @@ def test_wire_round_trip_and_prefixes(msg):
     for n in range(len(data)):
         with pytest.raises(DecodeError):
             M.decode(data[:n])
+
+
+def test_relays_ordered_by_the_pair_s_measured_rtt_with_a_ticket_for_each():
+    w = World()
+    keys = {n: bytes([i]) * 32 for i, n in enumerate(("near", "far", "dead"), 1)}
+    w.core.relays = tuple(RelayInfo(n, f"203.0.113.{i}:3480", f"203.0.113.{i}:443", keys[n])
+                          for i, n in enumerate(keys, 1))
+    welcome = w.login("alice", report=(("rtt:near", "3.5"), ("rtt:far", "40"), ("rtt:dead", "nan")))
+    assert dict(welcome.relays) == {n: f"203.0.113.{i}:3480" for i, n in enumerate(keys, 1)}
+    w.login("bob", report=(("rtt:near", "1.0"), ("rtt:far", "nonsense"), ("rtt:dead", "-5")))
+    w.ask("alice", "create", network="lan")
+    w.ask("bob", "join", network="lan")
+    (up_a,) = w.take("alice", M.PeerUp)
+    (up_b,) = w.take("bob", M.PeerUp)
+    # near: 3.5 + 1.0; far and dead are unmeasured for bob (bad values count as no answer), so last
+    assert [r.name for r in up_a.relays][0] == "near"
+    assert [r.name for r in up_a.relays] == [r.name for r in up_b.relays]  # both sides: the same order
+    assert {up_a.side, up_b.side} == {0, 1}
+    for offer_a, offer_b in zip(up_a.relays, up_b.relays, strict=True):
+        assert offer_a.ticket == offer_b.ticket
+        t = Ticket.decode(offer_a.ticket, keys[offer_a.name])  # each ticket is for its own relay only
+        assert {t.peer_a, t.peer_b} == {w.key("alice"), w.key("bob")}
+    sids = {Ticket.decode(o.ticket, keys[o.name]).session_id for o in up_a.relays}
+    assert len(sids) == 3

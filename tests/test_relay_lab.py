@@ -90,3 +90,57 @@ def test_relay_forwards_between_udp_and_tcp_and_refuses_forged_tickets(make_lab,
         assert st["drops"].get("forged_ticket") == 1 and st["forwarded"] >= 2 and st["sessions"] == 1
     finally:
         nodes.stop(proc)
+
+
+BLOCK = """table inet hamachi_test_block {{
+  chain i {{ type filter hook input priority 0; ip saddr {ip} udp dport != 53 drop; }}
+  chain o {{ type filter hook output priority 0; ip daddr {ip} udp dport != 53 drop; }}
+}}
+"""
+
+
+def test_relay_dies_pair_moves_to_second_relay_then_upgrades_to_direct(lab_standard, tmp_path):
+    """pub and fc-1 cannot reach each other over UDP (a firewall on pub): they meet at a relay.
+    kill -9 that relay: they move to the other one without a restart. Lift the firewall: direct."""
+    lab = lab_standard
+    pub = lab.host("pub")
+    dep = nodes.Deployment(lab, tmp_path)
+    try:
+        dep.add_relay("rly")
+        dep.add_relay("rly2")
+        dep.start_server()
+        pub.run(["nft", "-f", "-"], input=BLOCK.format(ip=lab.public_ip("fc-1")))
+        dep.add_client("pub", "alice")
+        dep.add_client("fc-1", "bob")
+        st = nodes.status(pub, dep.clients["alice"])
+        assert set(st["relays"]["rtt_ms"]) == {"rly", "rly2"}  # measured over STUN to each relay
+        dep.ask("pub", "alice", "create", "fallback")
+        dep.ask("fc-1", "bob", "join", "fallback")
+        bob_ip = dep.address("fc-1", "bob")
+
+        def path():
+            peers = dep.peer_status("pub", "alice")
+            return (peers[0]["path"], peers[0]["relay"]) if peers else (None, None)
+
+        lab.wait_for(lambda: dep.can_ping("pub", bob_ip), timeout=30, what="alice -> bob through a relay")
+        kind, relay = path()
+        assert kind == "relayed" and relay.split()[0] in ("rly", "rly2"), path()
+        first = relay.split()[0]
+        other = "rly2" if first == "rly" else "rly"
+
+        dep.kill_relay(first)
+        t0 = time.monotonic()
+        lab.wait_for(lambda: path()[1] and path()[1].split()[0] == other and dep.can_ping("pub", bob_ip),
+                     timeout=60, what=f"the pair to move from {first} to {other}")
+        moved = time.monotonic() - t0
+        assert dep.can_ping("fc-1", dep.address("pub", "alice"))
+
+        pub.run(["nft", "delete", "table", "inet", "hamachi_test_block"])
+        t0 = time.monotonic()
+        lab.wait_for(lambda: path()[0] == "direct", timeout=40, what="the pair to upgrade to direct")
+        upgraded = time.monotonic() - t0
+        assert dep.can_ping("pub", bob_ip)
+        print(f"relay failover {moved:.1f} s, upgrade to direct {upgraded:.1f} s")
+    finally:
+        pub.run(["nft", "delete", "table", "inet", "hamachi_test_block"], check=False)
+        dep.stop()

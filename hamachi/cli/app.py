@@ -322,7 +322,7 @@ def _render_status(d: dict[str, Any]) -> Any:
         t.add_row(
             p.get("name") or p["public_key"][:10] + "…",
             ", ".join(p.get("addresses", [])),
-            p.get("endpoint") or "-",
+            (f"relay {p['relay']}" if p.get("relay") else p.get("endpoint")) or "-",
             p.get("path", "-"),
             f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-",
             f"{hs:.0f}s ago" if hs is not None else "never",

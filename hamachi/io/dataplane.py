@@ -33,6 +33,10 @@ from hamachi.proto.tunnel import Tunnel, inner_destination
 from hamachi.wire import relay as R
 from hamachi.wire.transport import TYPE_DATA
 
+REBIND_RETRY = 2.0  # an unbound relay session asks again this often (a relay may drop binds in a burst)
+REBIND_REFRESH = 20.0  # a bound one re-binds this often: keeps the relay session and our NAT mapping
+# alive, and binds again to a relay that restarted and forgot us
+
 
 class RelayLink:
     """Our side of one relay session: bound over UDP, or over TCP 443 where UDP cannot reach the relay."""
@@ -44,6 +48,11 @@ class RelayLink:
         self.bound = False
         self.pseudo = (f"relay:{sid.hex()}", 0)
         self.header = R.data_header(sid)
+        self.name = ""
+        self.last_bind = float("-inf")
+        self.last_bound = float("-inf")
+        # Spread re-binds of many sessions over time (a relay limits binds per source address).
+        self.jitter = int.from_bytes(sid[:2] or b"\0\0", "big") / 65536 * REBIND_RETRY
 
     def bind_message(self) -> bytes:
         return R.Bind(self.side, self.ticket).encode()
@@ -79,6 +88,7 @@ class DataPlane:
         self.links_by_sid: dict[bytes, RelayLink] = {}
         self.relay_udp: set[tuple[str, int]] = set()
         self.tcp_fds: dict[int, RelayLink] = {}
+        self._last_upkeep = float("-inf")
 
     # -- control from other threads -------------------------------------------
     def start(self) -> None:
@@ -139,8 +149,38 @@ class DataPlane:
         self.links_by_sid[link.sid] = link
         if link.udp is not None:
             self.relay_udp.add(link.udp)
-            self.udp.send_batch([link.bind_message()], link.udp)
+        self._rebind(link, time.monotonic())
         return link.pseudo
+
+    def _rebind(self, link: RelayLink, now: float) -> None:
+        link.last_bind = now
+        if link.tcp is not None:
+            self._tcp_send(link, link.bind_message())
+        elif link.udp is not None:
+            self.udp.send_batch([link.bind_message()], link.udp)
+
+    def _relay_upkeep(self, now: float) -> None:
+        for link in self.links.values():
+            if link.bound and now - link.last_bound > REBIND_REFRESH + REBIND_RETRY * 2:
+                link.bound = False  # no Bound for our last refresh: the relay is gone or forgot us
+            due = REBIND_REFRESH if link.bound else REBIND_RETRY + link.jitter
+            if now - link.last_bind >= due:
+                self._rebind(link, now)
+
+    def remove_relay(self, sid: bytes) -> None:
+        link = self.links_by_sid.pop(sid, None)
+        if link is None:
+            return
+        self.links.pop(link.pseudo, None)
+        if link.tcp is not None:
+            self._ep.unregister(link.tcp.fileno())
+            self.tcp_fds.pop(link.tcp.fileno(), None)
+            link.tcp.close()
+            link.tcp = None
+
+    def relay_links(self) -> list[dict]:
+        return [{"relay": link.name, "session": link.sid.hex(), "bound": link.bound,
+                 "transport": "tcp" if link.tcp is not None else "udp"} for link in self.links.values()]
 
     def relay_bound(self, sid: bytes) -> bool:
         link = self.links_by_sid.get(sid)
@@ -155,7 +195,7 @@ class DataPlane:
         link.tcp = sock
         self.tcp_fds[sock.fileno()] = link
         self._ep.register(sock.fileno(), select.EPOLLIN)
-        self._tcp_send(link, link.bind_message())
+        self._rebind(link, time.monotonic())
 
     def _tcp_send(self, link: RelayLink, msg: bytes) -> None:
         try:
@@ -182,6 +222,7 @@ class DataPlane:
             link = self.links_by_sid.get(msg[1:9])
             if link is not None:
                 link.bound = True
+                link.last_bound = now
             return
         if msg[0] != R.TYPE_DATA or len(msg) < 10:
             self.drops["relay_malformed"] += 1
@@ -256,6 +297,9 @@ class DataPlane:
                         tunnel.handle_timer(now)
                         if self.pool and now > self.probe_deadline:
                             self._close_losers()
+                    if self.links and now - self._last_upkeep >= 1.0:
+                        self._last_upkeep = now
+                        self._relay_upkeep(now)
                     self._flush()
                 except Exception:
                     self._internal_error()

@@ -1,5 +1,8 @@
 """The relay's sockets: UDP datagrams and TCP (2-byte length framing, port 443 by default), one table.
 
+The UDP port also answers STUN Binding requests (mapping only), so clients can measure their RTT
+to each relay; the server orders a pair's relays by it.
+
 A slow TCP reader never stalls the relay: when its write buffer is over
 MAX_BUFFER, messages to it are dropped and counted.
 """
@@ -12,7 +15,9 @@ import logging
 import time
 
 from hamachi.proto.relay import RelayTable
+from hamachi.proto.stun_server import StunResponder
 from hamachi.wire import relay as R
+from hamachi.wire import stun as S
 
 log = logging.getLogger("hamachi.relay")
 MAX_BUFFER = 1 << 20
@@ -45,8 +50,16 @@ class RelayService:
         loop = asyncio.get_running_loop()
         service = self
 
+        stun = StunResponder([udp[0]], udp[1])
+
         class Udp(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
+                # Clients measure their RTT to each relay with a STUN Binding (type 0x0001; ours are 6-9).
+                if data[:1] == b"\x00" and S.is_stun(data):
+                    out = stun.handle(udp, (addr[0], addr[1]), data)
+                    if out is not None:
+                        service.udp.sendto(out[2], out[1])
+                    return
                 now = time.monotonic()
                 service.deliver(service.table.handle(("udp", addr[0], addr[1]), data, now, time.time(), addr[0]))
 

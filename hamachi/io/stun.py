@@ -1,11 +1,17 @@
-"""The STUN service's sockets: one UDP socket per (address, port) the responder listens on."""
+"""STUN sockets: the service (one UDP socket per address and port it answers on), and a small
+client that measures the RTT to several responders at once (the client's relay RTTs)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import time
 
 from hamachi.proto.stun_server import StunResponder
+from hamachi.wire import stun as S
+from hamachi.wire.codec import DecodeError
 
 log = logging.getLogger("hamachi.stun")
 
@@ -45,3 +51,48 @@ class StunService:
     def close(self) -> None:
         for t in self.transports.values():
             t.close()
+
+
+async def measure_rtts(targets: dict[str, tuple[str, int]], timeout: float = 0.6, tries: int = 3) -> dict[str, float]:
+    """RTT in milliseconds to each STUN responder (a relay answers STUN on its UDP port), by name.
+
+    One Binding request per target per try, `timeout` apart; the first answer counts. Targets
+    that never answer are left out.
+    """
+    if not targets:
+        return {}
+    loop = asyncio.get_running_loop()
+    sent: dict[bytes, tuple[str, float]] = {}
+    rtts: dict[str, float] = {}
+    done = asyncio.Event()
+
+    class _Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            try:
+                msg = S.StunMessage.decode(data)
+            except DecodeError:
+                return
+            hit = sent.get(msg.txid)
+            if msg.msg_type == S.BINDING_RESPONSE and hit is not None and hit[0] not in rtts:
+                rtts[hit[0]] = round((time.monotonic() - hit[1]) * 1000, 3)
+                if len(rtts) == len(targets):
+                    done.set()
+
+        def error_received(self, exc):
+            pass
+
+    transport, _ = await loop.create_datagram_endpoint(_Client, local_addr=("0.0.0.0", 0))
+    try:
+        for _ in range(tries):
+            for name, addr in targets.items():
+                if name not in rtts:
+                    txid = os.urandom(12)
+                    sent[txid] = (name, time.monotonic())
+                    transport.sendto(S.binding_request(txid), addr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+            if done.is_set():
+                break
+    finally:
+        transport.close()
+    return rtts

@@ -23,6 +23,7 @@ other.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -183,7 +184,8 @@ class ControlServer:
         conn.nickname = nickname
         conn.phase = "discovery"
         self.stats["logins"] += 1
-        self._send(conn, M.Welcome(rec.address4, rec.address6, self.prefix4, self.prefix6, SERVER_VERSION))
+        self._send(conn, M.Welcome(rec.address4, rec.address6, self.prefix4, self.prefix6, SERVER_VERSION,
+                                   tuple((r.name, r.udp) for r in self.relays)))
 
     def _discovery(self, conn: Conn, msg: M.Discovery) -> None:
         # Candidates, best first: the STUN-mapped endpoint from the client's discovery, else the
@@ -260,22 +262,40 @@ class ControlServer:
         return peers
 
     def _peer_up(self, key: bytes, to: bytes) -> M.PeerUp:
-        """PeerUp about `key` for `to`, with a relay ticket for the pair when relays are configured."""
+        """PeerUp about `key` for `to`, with the pair's tickets for every configured relay, best first."""
         c = self.store.get_client(key)
         oc = self.online.get(key)
         nat = ""
         if oc is not None and oc.report.get("mapping"):
             nat = f"{oc.report.get('mapping')}/{oc.report.get('filtering', '')}"
-        relay, ticket, side = "", b"", 0
-        if self.relays:
-            a, b = sorted((key, to))
-            r = self.relays[int.from_bytes(hashlib.blake2s(a + b).digest()[:4], "big") % len(self.relays)]
-            # The same session id and ticket for both sides; a new one each day the pair meets again.
-            day = int((self.now + self.wall_offset) // TICKET_LIFETIME)
+        a, b = sorted((key, to))
+        # The same session ids, tickets and relay order for both sides; new ones each day the pair meets.
+        day = int((self.now + self.wall_offset) // TICKET_LIFETIME)
+        offers = []
+        for r in self._relays_for(key, to):
             sid = hashlib.blake2s(a + b + r.name.encode() + day.to_bytes(8, "big"), digest_size=8).digest()
             ticket = Ticket(sid, a, b, (day + 2) * int(TICKET_LIFETIME)).encode(r.ticket_key)
-            relay, side = f"{r.udp},{r.tcp}", 0 if to == a else 1
-        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat, relay, ticket, side)
+            offers.append(M.RelayOffer(r.name, r.udp, r.tcp, ticket))
+        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat, tuple(offers),
+                        0 if to == a else 1)
+
+    def _relays_for(self, x: bytes, y: bytes) -> list[RelayInfo]:
+        """The pair's relays, best first: least summed RTT the two members measured to each (from
+        their discovery reports); unmeasured relays come after, in an order stable for the pair."""
+        a, b = sorted((x, y))
+
+        def rtt(k: bytes, r: RelayInfo) -> float:
+            oc = self.online.get(k)
+            try:
+                v = float(oc.report.get(f"rtt:{r.name}", "inf")) if oc else math.inf
+            except ValueError:
+                return math.inf
+            return v if math.isfinite(v) and v >= 0 else math.inf
+
+        def rank(r: RelayInfo):
+            return (rtt(a, r) + rtt(b, r), hashlib.blake2s(a + b + r.name.encode(), digest_size=4).digest())
+
+        return sorted(self.relays, key=rank)
 
     def _membership_changed(self, key: bytes, before: set[bytes], reason: str) -> None:
         """Tell `key` and the members it gained or lost to set up or drop tunnels."""

@@ -63,6 +63,7 @@ class _Pending:
     wire: bytes = b""
     relay_sent: bool = False
     relay_sent_at: float = 0.0
+    probe_only: bool = False  # an upgrade probe from a working relayed session: direct candidates only
 
 
 @dataclass(eq=False, slots=True)
@@ -85,6 +86,7 @@ class Peer:
     last_received: float = float("-inf")
     unanswered_since: float | None = None
     last_direct_probe: float = float("-inf")
+    relay_index: int = 0  # which of the peer's relays (in the server's order) we use when we need one
     last_heard: float = float("-inf")  # any authenticated message from the peer, on any path
     rx_bytes: int = 0
     rx_packets: int = 0

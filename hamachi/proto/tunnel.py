@@ -192,8 +192,8 @@ class Tunnel:
             n += len(p)
         peer.tx_bytes += n
         peer.tx_packets += len(packets)
-        if peer.unanswered_since is None and peer.last_received < now - KEEPALIVE_TIMEOUT:
-            peer.unanswered_since = now
+        if peer.unanswered_since is None:
+            peer.unanswered_since = now  # answered by data or a passive keepalive within KEEPALIVE_TIMEOUT
         peer.last_sent = now
         s.last_sent = now
         return out
@@ -296,7 +296,7 @@ class Tunnel:
             m2 = ck.mac2(peer.cookie, body + m1)
         return body + m1 + m2
 
-    def _initiate(self, peer: Peer, now: float, first: float | None = None) -> None:
+    def _initiate(self, peer: Peer, now: float, first: float | None = None, lost: bool = False) -> None:
         if peer.endpoint is None and peer.config.candidates:
             peer.endpoint = peer.config.candidates[0]
         if peer.endpoint is None:
@@ -311,14 +311,16 @@ class Tunnel:
         pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN], wire)
         peer.pending = pending
         self._index[idx] = (peer, pending)
-        direct = [c for c in (peer.endpoint, *peer.config.candidates) if c is not None and not is_relayed(c)]
+        direct = [c for c in (peer.endpoint, peer.config.endpoint, *peer.config.candidates)
+                  if c is not None and not is_relayed(c)]
         direct = list(dict.fromkeys(direct))
-        if peer.current is not None and not is_relayed(peer.endpoint) and peer.unanswered_since is None:
+        if peer.current is not None and not is_relayed(peer.endpoint) and not lost:
             targets = [peer.endpoint]  # a plain rekey on a working path
-        elif peer.current is not None and is_relayed(peer.endpoint):
+        elif peer.current is not None and is_relayed(peer.endpoint) and not lost:
             targets = direct  # looking for a way back to direct; the relayed session keeps working meanwhile
+            pending.probe_only = True
         else:
-            targets = direct  # connecting: direct candidates now, the relay after RELAY_AFTER (handle_timer)
+            targets = direct  # connecting, or the path died: direct now, the relay after RELAY_AFTER
         if not targets:
             targets = self._relay_targets(peer)
             pending.relay_sent = True
@@ -334,8 +336,25 @@ class Tunnel:
         peer.last_sent = now
 
     @staticmethod
-    def _relay_targets(peer: Peer) -> list:
-        return [c for c in (peer.endpoint, *peer.config.candidates) if c is not None and is_relayed(c)][:1]
+    def _relays(peer: Peer) -> list:
+        """The peer's relays, in the order the server gave them (the same order on both sides)."""
+        return list(dict.fromkeys(c for c in (peer.config.endpoint, *peer.config.candidates) if is_relayed(c)))
+
+    def _relay_targets(self, peer: Peer) -> list:
+        if is_relayed(peer.endpoint):
+            return [peer.endpoint]
+        relays = self._relays(peer)
+        return [relays[peer.relay_index % len(relays)]] if relays else []
+
+    def _next_relay(self, peer: Peer) -> None:
+        """The relay we used stopped answering: move to the next one (the peer does the same)."""
+        relays = self._relays(peer)
+        if len(relays) < 2:
+            return
+        cur = self._relay_targets(peer)[0]
+        peer.relay_index = (relays.index(cur) + 1 if cur in relays else peer.relay_index + 1) % len(relays)
+        if is_relayed(peer.endpoint):
+            peer.endpoint = relays[peer.relay_index]
 
     def _on_init(self, data: bytes, addr: Addr, now: float) -> None:
         try:
@@ -467,30 +486,34 @@ class Tunnel:
             # Only when nothing at all came back: a crossing handshake that completed directly must
             # not drag both sides onto the relay.
             if p is not None and not p.relay_sent and now - p.sent >= RELAY_AFTER and peer.last_heard < p.sent \
-                    and not (peer.current is not None and is_relayed(peer.endpoint)
+                    and not (p.probe_only and peer.current is not None
                              and now - peer.current.created < self.rekey_after):
                 p.relay_sent = True  # punching has not worked within a second: start on the relay too
                 p.relay_sent_at = now
                 for t in self._relay_targets(peer):
                     self._out.append((p.wire, t))
             if p is not None and now - p.sent >= self.rekey_timeout:
-                if now - p.first >= REKEY_ATTEMPT_TIME:
+                if p.probe_only or now - p.first >= REKEY_ATTEMPT_TIME:  # a failed probe waits for the next
                     self._index.pop(p.index, None)
                     peer.pending = None
                     for _ in peer.queue:
                         self._drop(D.HANDSHAKE_TIMEOUT, peer)
                     peer.queue.clear()
                 else:
-                    self._initiate(peer, now, first=p.first)
+                    if p.relay_sent and peer.last_heard < p.relay_sent_at:
+                        self._next_relay(peer)  # not even the relay answered: try the next one
+                    self._initiate(peer, now, first=p.first, lost=not p.probe_only)
             for attr in ("current", "previous", "next"):
                 s = getattr(peer, attr)
                 if s is not None and now - s.created >= self.reject_after:
                     self._index.pop(s.local_index, None)
                     setattr(peer, attr, None)
-            if peer.pending is None and peer.unanswered_since is not None and \
+            if (peer.pending is None or peer.pending.probe_only) and peer.unanswered_since is not None and \
                     now - peer.unanswered_since >= KEEPALIVE_TIMEOUT + self.rekey_timeout:
                 peer.unanswered_since = None
-                self._initiate(peer, now)
+                if is_relayed(peer.endpoint):
+                    self._next_relay(peer)  # the relay died (or lost our session): the next one
+                self._initiate(peer, now, lost=True)
             if peer.pending is None and peer.current is not None and is_relayed(peer.endpoint) and \
                     now - peer.last_direct_probe >= DIRECT_PROBE_INTERVAL and \
                     any(not is_relayed(c) for c in (*peer.config.candidates, peer.config.endpoint) if c):

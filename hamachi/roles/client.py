@@ -21,6 +21,7 @@ from hamachi.config import ClientSettings, StaticPeer
 from hamachi.crypto.keys import encode_key
 from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
+from hamachi.io import stun as stun_io
 from hamachi.io.control import ControlClient
 from hamachi.io.dataplane import DataPlane, RelayLink
 from hamachi.io.privilege import require_net_admin
@@ -29,6 +30,11 @@ from hamachi.io.udp import UdpSocket
 from hamachi.proto.tunnel import PeerConfig, Tunnel
 
 log = logging.getLogger("hamachi.client")
+
+
+def _parse_hostport(text: str) -> tuple[str, int] | None:
+    host, _, port = text.strip().rpartition(":")
+    return (_resolve(host.strip("[]")), int(port)) if host and port.isdigit() else None
 
 
 def _resolve(host: str) -> str:
@@ -50,6 +56,8 @@ class ClientDaemon:
         self.api_server: asyncio.AbstractServer | None = None
         self.control: ControlClient | None = None
         self.nat = None
+        self.relay_rtts: dict[str, float] = {}
+        self.peer_relays: dict[bytes, list[bytes]] = {}  # the relay sessions we hold for each peer
         self.overlay: list = []
         self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
                                          "networks": self._api_networks, "doctor": self._api_doctor}
@@ -116,7 +124,14 @@ class ClientDaemon:
         await self._in_loop(lambda t, now: t.add_peer(cfg) and None)
 
     async def remove_peer(self, public_key: bytes) -> None:
-        await self._in_loop(lambda t, now: t.remove_peer(public_key))
+        sids = self.peer_relays.pop(public_key, [])
+
+        def drop(t, now):
+            t.remove_peer(public_key)
+            for sid in sids:
+                self.dataplane.remove_relay(sid)
+
+        await self._in_loop(drop)
 
     async def set_endpoint(self, public_key: bytes, endpoint: tuple[str, int]) -> None:
         await self._in_loop(lambda t, now: t.set_endpoint(public_key, endpoint))
@@ -128,6 +143,15 @@ class ClientDaemon:
             await asyncio.to_thread(netconf.configure, self.tun.name, self.settings.mtu, want)
             self.overlay = want
             log.info("overlay addresses from the server: %s", ", ".join(map(str, want)))
+        targets = {}
+        for name, udp in w.relays:
+            addr = _parse_hostport(udp)
+            if addr is not None:
+                targets[name] = addr
+        # Reported in Discovery: the server gives each pair its relays ordered by these.
+        self.relay_rtts = await stun_io.measure_rtts(targets)
+        if targets:
+            log.info("relay RTTs: %s", ", ".join(f"{n} {self.relay_rtts.get(n, 'no answer')} ms" for n in targets))
 
     def _discovery_report(self) -> dict:
         rep = {}
@@ -138,6 +162,8 @@ class ClientDaemon:
         if pf.enabled and pf.public_endpoint is not None:
             lan.insert(0, str(pf.public_endpoint))
         rep["lan"] = ",".join(lan)
+        for name, ms in self.relay_rtts.items():
+            rep[f"rtt:{name}"] = str(ms)
         return rep
 
     async def _on_peer_up(self, p) -> None:
@@ -148,8 +174,9 @@ class ClientDaemon:
                 cands.append((host.strip("[]"), int(port)))
         addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
         spray = await self._birthday(p, cands[0] if cands else None)
-        if p.ticket:
-            cands.append(await self._relay(p))
+        for offer in p.relays:
+            cands.append(await self._relay(offer, p.side))
+        self.peer_relays[p.public_key] = [bytes.fromhex(c[0][6:]) for c in cands if c[0].startswith("relay:")]
         await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
                                        p.nickname, tuple(cands[1:]), spray))
         log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
@@ -161,34 +188,37 @@ class ClientDaemon:
         await self.remove_peer(p.public_key)
         log.info("tunnel to %s dropped (%s)", encode_key(p.public_key)[:10], p.reason)
 
-    async def _relay(self, p) -> tuple[str, int]:
-        """Bind our side of the pair's relay session (UDP first, TCP 443 if UDP gets no answer)."""
-        udp_s, _, tcp_s = p.relay.partition(",")
-
-        def parse(text):
-            host, _, port = text.strip().rpartition(":")
-            return (_resolve(host.strip("[]")), int(port)) if host and port.isdigit() else None
-
+    async def _relay(self, offer, side: int) -> tuple[str, int]:
+        """Bind our side of the pair's session at one relay (UDP first, TCP 443 if UDP gets no answer)."""
         from hamachi.crypto.ticket import MAC_LEN
-        sid = p.ticket[1:9] if len(p.ticket) > 9 + MAC_LEN else b""
-        link = RelayLink(sid, p.side, p.ticket, parse(udp_s), parse(tcp_s))
+
+        sid = offer.ticket[1:9] if len(offer.ticket) > 9 + MAC_LEN else b""
+        link = RelayLink(sid, side, offer.ticket, _parse_hostport(offer.udp), _parse_hostport(offer.tcp))
+        link.name = offer.name
         pseudo = await self._in_loop(lambda t, now: self.dataplane.add_relay(link))
-        asyncio.create_task(self._relay_fallback(link))
+        if link.tcp_addr is not None:
+            asyncio.create_task(self._relay_fallback(link))
         return pseudo
 
     async def _relay_fallback(self, link: RelayLink) -> None:
-        await asyncio.sleep(1.5)
-        if link.tcp_addr is None or await self._in_loop(lambda t, now: self.dataplane.relay_bound(link.sid)):
-            return
+        """While the session is not bound over UDP, (re)connect it over TCP; gives up when it is dropped."""
         import socket
 
-        try:
-            sock = await asyncio.to_thread(socket.create_connection, link.tcp_addr, 3.0)
-        except OSError as exc:
-            log.warning("relay %s unreachable over UDP and TCP: %s", link.tcp_addr, exc)
-            return
-        await self._in_loop(lambda t, now: self.dataplane.attach_tcp(link.sid, sock))
-        log.info("relay session %s over TCP %s:%d", link.sid.hex(), *link.tcp_addr)
+        await asyncio.sleep(1.5)
+        warned = False
+        while await self._in_loop(lambda t, now: self.dataplane.links_by_sid.get(link.sid) is link):
+            if link.tcp is None and not await self._in_loop(lambda t, now: self.dataplane.relay_bound(link.sid)):
+                try:
+                    sock = await asyncio.to_thread(socket.create_connection, link.tcp_addr, 3.0)
+                except OSError as exc:
+                    if not warned:
+                        log.warning("relay %s unreachable over UDP and TCP: %s", link.name or link.tcp_addr, exc)
+                    warned = True
+                else:
+                    await self._in_loop(lambda t, now, sock=sock: self.dataplane.attach_tcp(link.sid, sock))
+                    log.info("relay session %s at %s over TCP %s:%d", link.sid.hex(), link.name, *link.tcp_addr)
+                    warned = False
+            await asyncio.sleep(5.0)
 
     async def _birthday(self, p, endpoint) -> int:
         """Birthday-paradox probing where one side is behind a symmetric NAT and the other filters.
@@ -275,7 +305,8 @@ class ClientDaemon:
                                  f"RTT {p['rtt_ms']} ms, last handshake {p['last_handshake_ago']}s ago"})
             elif p["path"] == "relayed":
                 rtt = f"RTT {p['rtt_ms']} ms" if p["rtt_ms"] is not None else "RTT not measured yet"
-                findings.append({"topic": name, "ok": True, "text": f"relayed (still end-to-end encrypted), {rtt}: "
+                findings.append({"topic": name, "ok": True, "text": f"relayed via {p['relay']} (still end-to-end "
+                                 f"encrypted), {rtt}: "
                                  f"no direct path because {why}; still trying direct every "
                                  f"few seconds; to go direct: {fix_forward} (on either side)"})
             else:
@@ -287,7 +318,11 @@ class ClientDaemon:
     # -- local API -------------------------------------------------------------
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
-        snap = await self._in_loop(lambda t, now: t.stats(now))
+        snap, links = await self._in_loop(lambda t, now: (t.stats(now), self.dataplane.relay_links()))
+        by_session = {f"relay:{lk['session']}": lk for lk in links}
+        for p in snap["peers"]:
+            lk = by_session.get(p["endpoint"])
+            p["relay"] = f"{lk['relay']} ({lk['transport']})" if lk and p["path"] == "relayed" else None
         drops = dict(snap["drops"])
         for k, v in self.dataplane.drops.items():
             drops[k] = drops.get(k, 0) + v
@@ -304,6 +339,7 @@ class ClientDaemon:
             "nat": self.nat.to_dict() if self.nat else None,
             "nat_summary": self.nat.summary if self.nat else None,
             "peers": snap["peers"],
+            "relays": {"rtt_ms": self.relay_rtts, "sessions": links},
             "drops": drops,
         }
 

@@ -157,6 +157,18 @@ class MemberInfo(_Fields):
 
 @record
 @dataclass(frozen=True, slots=True)
+class RelayOffer(_Fields):
+    """One relay for one pair: where it listens ("host:port", tcp may be empty) and the ticket."""
+
+    FIELDS = ("text", "text", "text", "blob")
+    name: str
+    udp: str
+    tcp: str
+    ticket: bytes
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class NetworkInfo(_Fields):
     FIELDS = ("text", "key", "text", "u8", "u8", "u16", "list:MemberInfo")
     name: str
@@ -219,12 +231,16 @@ class Resync(Message):
 @message(64)
 @dataclass(frozen=True, slots=True)
 class Welcome(Message):
-    FIELDS = ("text", "text", "u8", "u8", "text")
+    """`relays` maps each relay's name to its UDP host:port; the client measures its RTT to each
+    (a STUN Binding) and reports them in Discovery as rtt:<name> = milliseconds."""
+
+    FIELDS = ("text", "text", "u8", "u8", "text", "pairs")
     address4: str
     address6: str
     prefix4: int
     prefix6: int
     server_version: str
+    relays: tuple[tuple[str, str], ...] = ()
 
 
 @message(65)
@@ -250,18 +266,18 @@ class Delta(Message):
 @dataclass(frozen=True, slots=True)
 class PeerUp(Message):
     """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first;
-    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown); `relay`
-    ("udp host:port,tcp host:port"), `ticket` and `side` let the pair meet at a relay."""
+    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown); `relays`
+    are the relays the pair may meet at, best first (both sides get the same order), each with
+    the pair's ticket for it; `side` says which end of the tickets we are."""
 
-    FIELDS = ("key", "text", "text", "text", "text", "text", "text", "blob", "u8")
+    FIELDS = ("key", "text", "text", "text", "text", "text", "list:RelayOffer", "u8")
     public_key: bytes
     nickname: str
     address4: str
     address6: str
     endpoint: str
     nat: str = ""
-    relay: str = ""
-    ticket: bytes = b""
+    relays: tuple[RelayOffer, ...] = ()
     side: int = 0
 
 

@@ -130,7 +130,7 @@ class Deployment:
         cfg.write_text(cfg.read_text().replace("/run/hamachi/server.sock", str(tmp / "srv" / "api.sock")))
         self.server_cfg = cfg
         self.server = None
-        self.relay = None
+        self.relays: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, Path] = {}
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -142,8 +142,8 @@ class Deployment:
         rcfg = self.tmp / host / "relay.toml"
         rcfg.write_text(rcfg.read_text().replace("/run/hamachi/relay.sock", str(self.tmp / host / "api.sock")))
         log = open(self.tmp / host / "relay.log", "ab")
-        self.relay = h.popen([*hamachi_cmd(), "relay", "run", "--config", str(rcfg)], stdout=log, stderr=log,
-                             cwd=str(ROOT))
+        self.relays[host] = h.popen([*hamachi_cmd(), "relay", "run", "--config", str(rcfg)], stdout=log,
+                                    stderr=log, cwd=str(ROOT))
         self.lab.wait_for(lambda: ":443" in h.run(["ss", "-ltn"]).stdout, timeout=20, what="relay")
         with open(self.server_cfg, "a") as fh:
             fh.write(f'\n[[relay]]\nname = "{host}"\npublic_key = "{out["public_key"]}"\n'
@@ -167,6 +167,15 @@ class Deployment:
         self.lab.wait_for(lambda: status(self.lab.host(host), cfg)["server_connected"], timeout=20,
                           what=f"{name} logged in")
 
+    def kill_relay(self, host: str) -> None:
+        """kill -9 one relay process (ours, by PID)."""
+        proc = self.relays[host]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def peer_status(self, host: str, name: str) -> list[dict]:
+        return status(self.lab.host(host), self.clients[name])["peers"]
+
     def ask(self, host: str, name: str, *args, check=True):
         return cli(self.lab.host(host), "client", *args, "--config", str(self.clients[name]), check=check)
 
@@ -181,7 +190,7 @@ class Deployment:
             stop(p)
         if self.server:
             stop(self.server)
-        if self.relay:
-            stop(self.relay)
+        for r in self.relays.values():
+            stop(r)
 
 
