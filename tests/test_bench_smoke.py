@@ -1,4 +1,5 @@
-"""scripts/bench keeps working: one quick run, all sections present, traffic flowed. No speed is asserted."""
+"""scripts/bench keeps working: one quick run, all sections (data, control, relay) present, traffic flowed.
+No speed is asserted."""
 
 from __future__ import annotations
 
@@ -37,3 +38,6 @@ def test_bench_quick_smoke():
     control = out["control"]
     assert control["clients"] == 100 and control["logins_per_s"] > 0
     assert control["fanout_samples"] > 0 and control["fanout_p99_ms"] is not None
+    relay = out["relay"]
+    for n in (1, 10):
+        assert relay[f"pairs_{n}"]["relay_mbit_s"] > 0 and relay[f"pairs_{n}"]["direct_mbit_s"] > 0

@@ -8,7 +8,13 @@ import ipaddress
 import os
 
 from hamachi.crypto.keys import KeyPair
-from hamachi.proto.tunnel import DIRECT_PROBE_INTERVAL, KEEPALIVE_TIMEOUT, REKEY_TIMEOUT, PeerConfig, Tunnel
+from hamachi.proto.tunnel import (
+    DIRECT_PROBE_INTERVAL,
+    KEEPALIVE_TIMEOUT,
+    REKEY_TIMEOUT,
+    PeerConfig,
+    Tunnel,
+)
 from tests.test_tunnel_core import ip4
 
 A_IP, B_IP = "100.64.0.1", "100.64.0.2"
