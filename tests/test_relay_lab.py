@@ -144,3 +144,32 @@ def test_relay_dies_pair_moves_to_second_relay_then_upgrades_to_direct(lab_stand
     finally:
         pub.run(["nft", "delete", "table", "inet", "hamachi_test_block"], check=False)
         dep.stop()
+
+
+def test_site_with_no_udp_at_all_reaches_anyone_through_the_relay_over_tcp(make_lab, tmp_path):
+    """Behind `nu` nothing but TCP 443 gets out, not even UDP to the server: control over TCP 443,
+    discovery says UDP is blocked, and the tunnel runs through the relay over TCP 443."""
+    from tests.lab import Site
+
+    lab = make_lab(Topology(public=["a"], relays=["rly"], sites=[Site("nu", "no-udp")]))
+    dep = nodes.Deployment(lab, tmp_path)
+    cfg = dep.server_cfg
+    cfg.write_text(cfg.read_text().replace('"0.0.0.0:7777"', '"0.0.0.0:7777", "0.0.0.0:443"'))
+    try:
+        dep.add_relay("rly")
+        dep.start_server()
+        dep.add_client("a", "alice")
+        dep.add_client("nu-1", "nick", port=443)
+        st = nodes.status(lab.host("nu-1"), dep.clients["nick"])
+        assert st["nat"]["udp"] is False
+        dep.ask("a", "alice", "create", "nudp")
+        dep.ask("nu-1", "nick", "join", "nudp")
+        nick_ip, alice_ip = dep.address("nu-1", "nick"), dep.address("a", "alice")
+        lab.wait_for(lambda: dep.can_ping("a", nick_ip), timeout=30, what="alice -> nick through the relay")
+        assert dep.can_ping("nu-1", alice_ip)
+        (peer,) = dep.peer_status("nu-1", "nick")
+        assert peer["path"] == "relayed" and peer["relay"] == "rly (tcp)", peer
+        doctor = dep.ask("nu-1", "nick", "doctor").stdout
+        assert "UDP to the server is blocked" in doctor and "relayed via rly (tcp)" in doctor
+    finally:
+        dep.stop()

@@ -20,7 +20,7 @@ LAN addressed to the NAT's own WAN address.
 
 from __future__ import annotations
 
-NAT_KINDS = ("none", "full-cone", "restricted", "port-restricted", "symmetric", "udp-hostile", "cgnat")
+NAT_KINDS = ("none", "full-cone", "restricted", "port-restricted", "symmetric", "udp-hostile", "no-udp", "cgnat")
 
 
 def ruleset(kind: str, wan_if: str, lan_if: str, wan_ip: str, lan_net: str, *, hairpin: bool = False,
@@ -71,7 +71,7 @@ def ruleset(kind: str, wan_if: str, lan_if: str, wan_ip: str, lan_net: str, *, h
         "    ct state established,related accept",
         "    ct status dnat accept",
     ]
-    if kind == "udp-hostile":
+    if kind in ("udp-hostile", "no-udp"):  # no-udp: not even to the server
         lines.append(f'    iifname "{lan_if}" tcp dport 443 accept')
         for ip in allow_udp_to:
             lines.append(f'    iifname "{lan_if}" ip daddr {ip} udp dport != 0 accept')

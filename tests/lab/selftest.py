@@ -36,6 +36,7 @@ EXPECTED_BY_KIND = {
     "port-restricted": (EIM, APDM),
     "symmetric": (APDM, APDM),
     "udp-hostile": (EIM, APDM),  # UDP to the server is allowed, so it looks port-restricted there
+    "no-udp": (None, None),  # no UDP at all: nothing to classify
 }
 
 

@@ -320,7 +320,7 @@ class Lab:
                 add_host(f"{s.name}-{h}", [f"10.{si + 1}.0.{10 + h}"], nat, "lan", 24, f"10.{si + 1}.0.1",
                          self._public[nat])
             nft_jobs.append((nat, ruleset(s.nat, "eth0", "lan", wan_ip, lan_net, hairpin=s.hairpin,
-                                          allow_udp_to=SERVER_ADDRS)))
+                                          allow_udp_to=() if s.nat == "no-udp" else SERVER_ADDRS)))
 
         # Bridges and their addresses first, then veth pairs, then the rest.
         for n in nodes:
