@@ -105,6 +105,20 @@ def test_rekey_under_traffic_loses_nothing():
     assert sum(n.a.drops.values()) == 0 and sum(n.b.drops.values()) == 0
 
 
+def test_rekey_by_message_count_loses_nothing():
+    n = Net()
+    n.a.rekey_after_messages = n.b.rekey_after_messages = 50
+    for i in range(400):
+        n.now += 0.01  # handshake timestamps must move forward
+        n.send("a", b"a%d" % i)
+        n.send("b", b"b%d" % i)
+        n.pump()
+    assert len(n.delivered["b"]) == 400 and len(n.delivered["a"]) == 400
+    for t, k in ((n.a, n.kb), (n.b, n.ka)):
+        assert t.peers[k.public].current.send_counter < 60  # fresh sessions, well before an hour of traffic
+    assert sum(n.a.drops.values()) == 0 and sum(n.b.drops.values()) == 0
+
+
 def test_lost_initiation_is_retransmitted():
     n = Net()
     lost = []

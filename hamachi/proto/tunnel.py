@@ -77,6 +77,7 @@ REJECT_AFTER = 180.0
 REKEY_TIMEOUT = 5.0
 KEEPALIVE_TIMEOUT = 10.0
 REKEY_ATTEMPT_TIME = 90.0
+REKEY_AFTER_MESSAGES = 2**48  # a new session this often by count too (long before REJECT_AFTER_MESSAGES)
 TAI64_BASE = 2**62 + 10
 DIRECT_PROBE_INTERVAL = 10.0  # while relayed, try the direct candidates again this often
 RELAY_AFTER = 1.0  # a handshake unanswered this long also goes through the relay
@@ -99,8 +100,9 @@ class Tunnel:
     def __init__(self, local: KeyPair, now: float, rand: Callable[[int], bytes], *, wall_offset: float = 0.0,
                  rekey_after: float = REKEY_AFTER, reject_after: float = REJECT_AFTER,
                  rekey_timeout: float = REKEY_TIMEOUT, handshake_rate: float = 20.0,
-                 aead: str = "chacha20poly1305"):
+                 aead: str = "chacha20poly1305", rekey_after_messages: int = REKEY_AFTER_MESSAGES):
         self.local = local
+        self.rekey_after_messages = rekey_after_messages
         self.rand = rand
         self.wall_offset = wall_offset
         self.rekey_after = rekey_after
@@ -184,7 +186,8 @@ class Tunnel:
                 self._initiate(peer, now)
             return None
         age = now - s.created
-        if peer.pending is None and (age >= self.rekey_after if s.initiator else age >= self.rekey_after + 10):
+        due = self.rekey_after if s.initiator else self.rekey_after + 10  # the initiator rekeys first
+        if peer.pending is None and (age >= due or s.send_counter >= self.rekey_after_messages):
             self._initiate(peer, now)
         out = s.seal_many(packets)
         n = 0
