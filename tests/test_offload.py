@@ -63,7 +63,10 @@ def test_split_gives_valid_segments_that_reassemble(size, mss, v6):
     ihl = 40 if v6 else 20
     assert b"".join(s[ihl + 20 :] for s in segs) == payload
     for i, s in enumerate(segs):
-        assert tcp_ok(s), f"segment {i} has a bad checksum"
+        # The sender leaves the TCP checksum to the receiver; the IPv4 header checksum is valid.
+        assert v6 or ref_checksum(s[:20]) == 0, f"segment {i} has a bad IP header checksum"
+        assert tcp_ok(O.finish_tcp(s)), f"segment {i}: the receiver's checksum is bad"
+        assert tcp_ok(O.finish_checksum(O._single(s)[O.VNET_HDR_LEN:], ihl, 16)), "as the kernel finishes it"
         seq = struct.unpack_from("!I", s, ihl + 4)[0]
         assert seq == 1000 + i * mss
         flags = s[ihl + 13]
@@ -77,7 +80,9 @@ def test_coalesce_undoes_split(size, mss):
     segs = O.split(vnet(tcp_packet(payload), mss))
     writes = O.coalesce(segs)
     if len(segs) == 1:
-        assert writes == [O.PLAIN_HDR + segs[0]]
+        (w,) = writes
+        assert O.VNET_HDR.unpack_from(w) == (O.F_NEEDS_CSUM, O.GSO_NONE, 0, 0, 20, 16)
+        assert tcp_ok(O.finish_checksum(w[O.VNET_HDR_LEN:], 20, 16))
         return
     body = b"".join(w[O.VNET_HDR_LEN + 40 :] for w in writes)
     assert body == payload
@@ -102,7 +107,25 @@ def test_non_gso_packet_with_partial_checksum_is_finished():
     # Put the pseudo-header sum in the checksum field, as the kernel does for CHECKSUM_PARTIAL.
     struct.pack_into("!H", pkt, 36, O.pseudo_sum(bytes(pkt), len(pkt) - 20, 6))
     out = O.split(O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + bytes(pkt))
-    assert tcp_ok(out[0])
+    assert tcp_ok(O.finish_tcp(out[0]))  # TCP: the receiver finishes it
+    udp = bytearray(tcp_packet(b"data"))
+    udp[9] = 17  # the same bytes as UDP: the sender finishes those itself
+    udp[10:12] = b"\x00\x00"
+    udp[10:12] = struct.pack("!H", ref_checksum(bytes(udp[:20])))
+    struct.pack_into("!H", udp, 26, O.pseudo_sum(bytes(udp), len(udp) - 20, 17))
+    (out,) = O.split(O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6) + bytes(udp))
+    pseudo = out[12:20] + struct.pack("!BBH", 0, 17, len(out) - 20)
+    assert ref_checksum(pseudo + out[20:]) == 0
+
+
+def test_receiver_ignores_whatever_tcp_checksum_arrives():
+    pkt = bytearray(tcp_packet(b"payload"))
+    pkt[36:38] = b"\xde\xad"  # garbage from the sender: the receiver computes its own
+    assert tcp_ok(O.finish_tcp(bytes(pkt)))
+    w = O.coalesce([bytes(pkt)])[0]
+    assert tcp_ok(O.finish_checksum(w[O.VNET_HDR_LEN:], 20, 16))
+    udp = bytes([0x45]) + bytes(19)
+    assert O.finish_tcp(udp) == udp and O.coalesce([udp]) == [O.PLAIN_HDR + udp]
 
 
 @pytest.mark.parametrize("bad,reason", [

@@ -39,6 +39,15 @@ def test_matches_model(counters):
         assert w.update(c) == expect
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3000), max_size=400))
+def test_fast_path_then_update_matches_model(counters):
+    """The receive path's order: advance_fast, and update only where it declined."""
+    w, m = ReplayWindow(), Model()
+    for c in counters:
+        assert (w.advance_fast(c) or w.update(c)) == m.update(c)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 2**32), st.integers(0, 10**6))
 def test_any_reordering_within_2048_is_accepted_once(seed, base):

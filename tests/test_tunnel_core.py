@@ -156,6 +156,31 @@ def test_replayed_tampered_and_spoofed_packets_are_counted():
     assert n.b.datagrams_to_send() == []  # nothing is ever answered
 
 
+def test_open_batch_gives_what_open_gives_and_counts_the_same_drops():
+    n = Net()
+    n.send("a", b"hello")
+    n.pump()
+    sess = n.a.peers[n.kb.public].current
+    good = [sess.seal(ip4(A_IP, B_IP, b"p%d" % i)) for i in range(4)]
+    forged = bytearray(sess.seal(ip4(A_IP, B_IP, b"x")))
+    forged[-1] ^= 1
+    spoof = sess.seal(ip4("100.64.0.99", B_IP, b"evil"))
+    unknown = bytearray(good[0])
+    unknown[4:8] = b"\xff\xff\xff\xff"
+    others = []
+    batch = [good[0], good[1], good[1], bytes(forged), b"\x01junk", spoof, bytes(unknown), b"\x04", good[3],
+             sess.seal(b""), good[2]]
+    inner: list[bytes] = []
+    n.b.open_batch(batch, A_EP, n.now, inner, lambda d, addr, now, out: others.append(d))
+    assert payloads(inner) == [b"p0", b"p1", b"p3", b"p2"]  # in arrival order; p2 late but in the window
+    peer = n.b.peers[n.ka.public]
+    assert peer.drops[D.REPLAY] == 1 and peer.drops[D.DECRYPT_FAILED] == 1 and peer.drops[D.SPOOFED_SOURCE] == 1
+    assert n.b.drops[D.UNKNOWN_INDEX] == 1 and n.b.drops[D.MALFORMED] == 1
+    assert others == [b"\x01junk"]
+    assert peer.endpoint == A_EP and peer.rx_packets == 1 + 4  # the first "hello", then four
+    assert n.b.datagrams_to_send() == []
+
+
 def test_unknown_peer_and_garbage_are_not_answered():
     n = Net()
     stranger = Tunnel(KeyPair.generate(), n.now, os.urandom)

@@ -32,6 +32,16 @@ class ReplayWindow:
             return False
         return not (self._ring[(counter >> 6) & _MASK] >> (counter & 63)) & 1
 
+    def advance_fast(self, counter: int) -> bool:
+        """The common case in one step: `counter` is the newest yet and in the newest block.
+        True if it was recorded; False means "use update()" (nothing changed)."""
+        last = self.last
+        if counter <= last or counter >> 6 != last >> 6 or last < 0:
+            return False
+        self._ring[(counter >> 6) & _MASK] |= 1 << (counter & 63)
+        self.last = counter
+        return True
+
     def update(self, counter: int) -> bool:
         """Record `counter`; False if it is a replay or too old."""
         ring = self._ring

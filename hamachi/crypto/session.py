@@ -20,6 +20,7 @@ from hamachi.crypto.replay import ReplayWindow
 from hamachi.wire.transport import DATA_HEADER, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA
 
 _NONCE = struct.Struct("<4xQ")
+_COUNTER = struct.Struct("<Q")
 _PREFIX = bytes([TYPE_DATA, 0, 0, 0])
 AEADS = {"chacha20poly1305": ChaCha20Poly1305, "aes256gcm": AESGCM}
 # Stop using a session long before the counter could wrap (WireGuard's REJECT_AFTER_MESSAGES).
@@ -74,6 +75,30 @@ class Session:
         if not self.replay.update(counter):
             return None
         return pt
+
+    def open_many(self, datagrams: list[bytes]) -> tuple[list[bytes], int, int]:
+        """Open a run of data messages for this session, in order, in one tight loop.
+
+        Returns (plaintexts of those that authenticated and were new, replays, forgeries).
+        """
+        replay, dec, nonce, counter_of = self.replay, self._dec, _NONCE.pack, _COUNTER.unpack_from
+        out: list[bytes] = []
+        replays = forged = 0
+        for d in datagrams:
+            c = counter_of(d, 8)[0]
+            if c <= replay.last and not replay.check(c):
+                replays += 1
+                continue
+            try:
+                pt = dec(nonce(c), memoryview(d)[DATA_HEADER_LEN:], None)
+            except InvalidTag:
+                forged += 1
+                continue
+            if not replay.advance_fast(c) and not replay.update(c):
+                replays += 1
+                continue
+            out.append(pt)
+        return out, replays, forged
 
     @property
     def exhausted(self) -> bool:

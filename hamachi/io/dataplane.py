@@ -74,7 +74,7 @@ class DataPlane:
         self._calls: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="hamachi-dataplane", daemon=True)
+        self._thread = threading.Thread(target=self._run_maybe_profiled, name="hamachi-dataplane", daemon=True)
         self._ep: select.epoll | None = None
         # Birthday probing (we are behind a symmetric NAT): a pool of extra sockets, each holding its
         # own NAT mapping toward the peers in `probe_targets`; the socket a peer's packet arrives on is
@@ -261,6 +261,20 @@ class DataPlane:
         self._write_inner(inner)
 
     # -- the loop --------------------------------------------------------------
+    def _run_maybe_profiled(self) -> None:
+        """HAMACHI_PROFILE=FILE: profile the packet loop (cProfile) and write the stats there at exit."""
+        path = os.environ.get("HAMACHI_PROFILE")
+        if not path:
+            self._run()
+            return
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(self._run)
+        finally:
+            prof.dump_stats(path)
+
     def _run(self) -> None:
         ep = select.epoll()
         self._ep = ep
@@ -362,7 +376,12 @@ class DataPlane:
             r = self.tunnel.open(d, addr, now)
             if r is not None and r[1]:
                 inner.append(r[1])
-        elif d and d[0] in self.extra_handlers:
+        else:
+            self._other(d, addr, now, inner)
+
+    def _other(self, d: bytes, addr, now: float, inner: list[bytes]) -> None:
+        """Anything but a data message: a handler the role registered (STUN...), else the core."""
+        if d and d[0] in self.extra_handlers:
             self.extra_handlers[d[0]](d, addr, now)
         else:
             inner.extend(self.tunnel.receive(d, addr, now))
@@ -375,7 +394,7 @@ class DataPlane:
                 _write(self.tun, w, self.drops)
         else:
             for p in inner:
-                _write(self.tun, p, self.drops)
+                _write(self.tun, offload.finish_tcp(p), self.drops)
 
     def _from_udp(self, now: float, udp: UdpSocket) -> None:
         tunnel = self.tunnel
@@ -388,12 +407,14 @@ class DataPlane:
             if pooled and addr in self.probe_targets:
                 self.addr_sock[addr] = udp  # this socket's mapping is the one the peer got through
             inner: list[bytes] = []
-            from_relay = addr in self.relay_udp
-            for d in datagrams:
-                if from_relay and d and d[0] in (R.TYPE_DATA, R.TYPE_BOUND):
-                    self._from_relay(d, now, inner)
-                else:
-                    self._datagram(d, addr, now, inner)
+            if addr in self.relay_udp:
+                for d in datagrams:
+                    if d and d[0] in (R.TYPE_DATA, R.TYPE_BOUND):
+                        self._from_relay(d, now, inner)
+                    else:
+                        self._datagram(d, addr, now, inner)
+            else:
+                tunnel.open_batch(datagrams, addr, now, inner, self._other)
             self._write_inner(inner)
             if tunnel._out:
                 self._flush()

@@ -9,11 +9,19 @@ With IFF_VNET_HDR and TSO the kernel hands the TUN reader TCP super-packets
     +--------+----------+------------+------------+--------------+--------------+
 
 `split()` cuts such a packet into MSS-sized IP packets, each with correct IP
-and TCP headers and full checksums, so each can be sealed and sent on its
-own (one lost datagram loses one segment, not a burst). `coalesce()` does the
-reverse on the receiving side: consecutive in-order segments of one TCP flow
-become one GSO super-packet, written to the TUN in one write with
-NEEDS_CSUM, and the kernel finishes the checksum.
+and TCP headers, so each can be sealed and sent on its own (one lost datagram
+loses one segment, not a burst). `coalesce()` does the reverse on the
+receiving side: consecutive in-order segments of one TCP flow become one GSO
+super-packet, written to the TUN in one write.
+
+The TCP checksum contract between peers: a receiver never trusts the TCP
+checksum field of an inner packet. Every TCP packet is written to the TUN
+with NEEDS_CSUM and a pseudo-header sum it computes itself, so the kernel
+finishes the checksum where one is needed (forwarding) and skips it on local
+delivery; without a vnet header, `finish_tcp()` computes it in software. The
+AEAD already guarantees the bytes are the sender's, so a sender spends no
+time on TCP checksums at all (about half of the sending side's work when it
+did). IPv4 header checksums stay valid end to end (the kernel checks them).
 
 Checksums use the fact that 2**16 = 1 (mod 0xffff): the ones'-complement sum
 of 16-bit words equals the big-endian integer value of the bytes mod 0xffff,
@@ -89,7 +97,7 @@ def split(buf: bytes) -> list[bytes]:
     pkt = buf[VNET_HDR_LEN:]
     gso = gso_type & ~GSO_ECN
     if gso == GSO_NONE:
-        if flags & F_NEEDS_CSUM:
+        if flags & F_NEEDS_CSUM and not _is_tcp(pkt):  # TCP: the receiver finishes it
             pkt = finish_checksum(pkt, csum_start, csum_offset)
         return [pkt]
     if gso not in (GSO_TCPV4, GSO_TCPV6) or gso_size == 0:
@@ -97,7 +105,18 @@ def split(buf: bytes) -> list[bytes]:
     return split_tcp(pkt, gso_size)
 
 
+def _is_tcp(pkt: bytes) -> bool:
+    """An unfragmented TCP packet (IPv4, or IPv6 without extension headers)."""
+    if len(pkt) < 40:
+        return False
+    v = pkt[0] >> 4
+    if v == 4:
+        return pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]) and len(pkt) >= (pkt[0] & 0x0F) * 4 + 20
+    return v == 6 and pkt[6] == 6 and len(pkt) >= 60
+
+
 def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
+    """A TCP super-packet -> MSS-sized segments (IP header checksum valid; TCP checksum left to the receiver)."""
     v = pkt[0] >> 4 if pkt else 0
     if v == 4:
         ihl = (pkt[0] & 0x0F) * 4
@@ -113,59 +132,63 @@ def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
     if thl < 20 or len(pkt) < ihl + thl:
         raise OffloadError("bad_gso_packet", "bad TCP header length")
     hlen = ihl + thl
-    payload = pkt[hlen:]
-    if len(payload) <= mss:
-        seg = bytearray(pkt)
-        _fix_tcp(seg, ihl, thl, v)
-        return [bytes(seg)]
-    ip_hdr = pkt[:ihl]
-    tcp_hdr = pkt[ihl:hlen]
-    seq = struct.unpack_from("!I", tcp_hdr, 4)[0]
-    flags = tcp_hdr[13]
-    ip_id = struct.unpack_from("!H", ip_hdr, 4)[0] if v == 4 else 0
-    n = (len(payload) + mss - 1) // mss
+    hdr = bytearray(pkt[:hlen])
+    seq = int.from_bytes(hdr[ihl + 4 : ihl + 8], "big")
+    flags = hdr[ihl + 13]
+    mid_flags = flags & ~(TCP_FIN | TCP_PSH)
+    total = len(pkt)
+    n = max(1, (total - hlen + mss - 1) // mss)
+    pack = struct.pack_into
+    if v == 4:
+        ip_id = int.from_bytes(hdr[4:6], "big")
+        hdr[2:6] = b"\x00\x00\x00\x00"
+        hdr[10:12] = b"\x00\x00"
+        base = csum_fold(bytes(hdr[:ihl]))  # the header without length, id and checksum
     out = []
-    pseudo_base = csum_fold(pkt[12:20]) if v == 4 else csum_fold(pkt[8:40])
     for i in range(n):
-        chunk = payload[i * mss : (i + 1) * mss]
-        ih = bytearray(ip_hdr)
-        th = bytearray(tcp_hdr)
+        start = hlen + i * mss
+        chunk = pkt[start : start + mss]
+        length = hlen + len(chunk)
         if v == 4:
-            struct.pack_into("!H", ih, 2, hlen + len(chunk))
-            struct.pack_into("!H", ih, 4, (ip_id + i) & 0xFFFF)
-            _ip_header_checksum(ih)
+            ident = (ip_id + i) & 0xFFFF
+            c = base + length + ident
+            c = (c & 0xFFFF) + (c >> 16)
+            c = (c & 0xFFFF) + (c >> 16)
+            pack("!HH", hdr, 2, length, ident)
+            pack("!H", hdr, 10, 0xFFFF - c)
         else:
-            struct.pack_into("!H", ih, 4, thl + len(chunk))
-        struct.pack_into("!I", th, 4, (seq + i * mss) & 0xFFFFFFFF)
-        f = flags
-        if i != n - 1:
-            f &= ~(TCP_FIN | TCP_PSH)
-        if i != 0:
-            f &= ~TCP_CWR
-        th[13] = f
-        th[16:18] = b"\x00\x00"
-        l4 = thl + len(chunk)
-        initial = pseudo_base + 6 + l4
-        s = csum_fold(bytes(th) + chunk, initial)
-        struct.pack_into("!H", th, 16, (0xFFFF - s) & 0xFFFF)
-        out.append(bytes(ih) + bytes(th) + chunk)
+            pack("!H", hdr, 4, length - 40)
+        pack("!I", hdr, ihl + 4, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags if i == n - 1 else mid_flags
+        hdr[ihl + 13] = f if i == 0 else f & ~TCP_CWR
+        out.append(bytes(hdr) + chunk)
     return out
 
 
-def _fix_tcp(seg: bytearray, ihl: int, thl: int, v: int) -> None:
-    """A GSO packet that fits in one segment: fix lengths and checksums in place."""
-    if v == 4:
-        struct.pack_into("!H", seg, 2, len(seg))
-        ih = bytearray(seg[:ihl])
-        _ip_header_checksum(ih)
-        seg[:ihl] = ih
-        base = csum_fold(bytes(seg[12:20]))
-    else:
-        struct.pack_into("!H", seg, 4, len(seg) - 40)
-        base = csum_fold(bytes(seg[8:40]))
-    seg[ihl + 16 : ihl + 18] = b"\x00\x00"
-    s = csum_fold(bytes(seg[ihl:]), base + 6 + len(seg) - ihl)
-    struct.pack_into("!H", seg, ihl + 16, (0xFFFF - s) & 0xFFFF)
+def tcp_pseudo(pkt: bytes, ihl: int) -> int:
+    """The folded pseudo-header sum of a TCP packet (what NEEDS_CSUM wants in the checksum field)."""
+    if ihl == 20 or pkt[0] >> 4 == 4:
+        return csum_fold(pkt[12:20], 6 + len(pkt) - ihl)
+    return csum_fold(pkt[8:40], 6 + len(pkt) - ihl)
+
+
+def finish_tcp(pkt: bytes) -> bytes:
+    """For a TUN without a vnet header: a TCP packet with its full checksum; anything else unchanged."""
+    if not _is_tcp(pkt):
+        return pkt
+    ihl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
+    body = pkt[:ihl + 16] + b"\x00\x00" + pkt[ihl + 18 :]
+    s = csum_fold(body[ihl:], tcp_pseudo(pkt, ihl))
+    return body[: ihl + 16] + struct.pack("!H", (0xFFFF - s) & 0xFFFF) + body[ihl + 18 :]
+
+
+def _single(pkt: bytes) -> bytes:
+    """One inner packet -> a TUN write; TCP goes with NEEDS_CSUM and our own pseudo-header sum."""
+    if not _is_tcp(pkt):
+        return PLAIN_HDR + pkt
+    ihl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
+    vh = VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, 16)
+    return vh + pkt[: ihl + 16] + struct.pack("!H", tcp_pseudo(pkt, ihl)) + pkt[ihl + 18 :]
 
 
 _MERGE_BLOCKERS = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR | TCP_ECE
@@ -212,7 +235,7 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
         p = packets[i]
         f = _flow(p)
         if f is None:
-            out.append(PLAIN_HDR + p)
+            out.append(_single(p))
             i += 1
             continue
         key, ihl, thl, seq, flags, plen = f
@@ -233,7 +256,7 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             if g[5] < plen:
                 break
         if len(run) == 1:
-            out.append(PLAIN_HDR + p)
+            out.append(_single(p))
         else:
             out.append(_merge(run, ihl, thl, plen, last_flags))
         i = j
