@@ -54,32 +54,41 @@ def test_iperf3_tcp_through_the_tunnel(tunnel):
     assert result["end"]["sum_received"]["bytes"] > 1_000_000
 
 
-def test_50mb_transfer_arrives_intact(tunnel):
-    lab, _, _ = tunnel
-    recv = lab.host("b").popen(["python3", "-c", textwrap.dedent("""
-        import socket, hashlib
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("100.64.0.2", 9000)); s.listen(1)
-        c, _ = s.accept(); h = hashlib.sha256(); n = 0
-        while True:
-            d = c.recv(1 << 20)
-            if not d: break
-            h.update(d); n += len(d)
-        print(n, h.hexdigest())
-        """)], stdout=subprocess.PIPE, text=True)
-    lab.wait_for(lambda: "9000" in lab.host("b").run(["ss", "-ltn"]).stdout, what="receiver")
-    send = lab.host("a").run(["python3", "-c", textwrap.dedent("""
-        import socket, hashlib
-        h = hashlib.sha256(); s = socket.create_connection(("100.64.0.2", 9000))
-        block = hashlib.sha512(b"hamachi").digest() * 16384  # 1 MiB, not all one byte
-        for i in range(50):
-            chunk = bytes([i]) + block[1:]
-            s.sendall(chunk); h.update(chunk)
-        s.close(); print(50 * len(block), h.hexdigest())
-        """)], timeout=120)
+RECEIVER = textwrap.dedent("""
+    import socket, hashlib, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 9000)); s.listen(1)
+    c, _ = s.accept(); h = hashlib.sha256(); n = 0
+    while True:
+        d = c.recv(1 << 20)
+        if not d: break
+        h.update(d); n += len(d)
+    print(n, h.hexdigest())
+    """)
+SENDER = textwrap.dedent("""
+    import socket, hashlib, sys
+    h = hashlib.sha256(); s = socket.create_connection((sys.argv[1], 9000))
+    block = hashlib.sha512(b"hamachi").digest() * 16384  # 1 MiB, not all one byte
+    for i in range(int(sys.argv[2])):
+        chunk = bytes([i]) + block[1:]
+        s.sendall(chunk); h.update(chunk)
+    s.close(); print(int(sys.argv[2]) * len(block), h.hexdigest())
+    """)
+
+
+def transfer_intact(lab, src: str, dst: str, dst_ip: str, mib: int) -> None:
+    """`mib` MiB over TCP from host `src` to `dst_ip` (on host `dst`); the SHA-256 must match."""
+    recv = lab.host(dst).popen(["python3", "-c", RECEIVER, dst_ip], stdout=subprocess.PIPE, text=True)
+    lab.wait_for(lambda: f"{dst_ip}:9000" in lab.host(dst).run(["ss", "-ltn"]).stdout, what="receiver")
+    send = lab.host(src).run(["python3", "-c", SENDER, dst_ip, str(mib)], timeout=120)
     out, _ = recv.communicate(timeout=60)
     assert out.split() == send.stdout.split()
-    assert int(out.split()[0]) == 50 * 1024 * 1024
+    assert int(out.split()[0]) == mib * 1024 * 1024
+
+
+def test_50mb_transfer_arrives_intact(tunnel):
+    lab, _, _ = tunnel
+    transfer_intact(lab, "a", "b", "100.64.0.2", 50)
 
 
 SNIFF = textwrap.dedent("""
