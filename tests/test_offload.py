@@ -109,13 +109,20 @@ def test_non_gso_packet_with_partial_checksum_is_finished():
     out = O.split(O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + bytes(pkt))
     assert tcp_ok(O.finish_tcp(out[0]))  # TCP: the receiver finishes it
     udp = bytearray(tcp_packet(b"data"))
-    udp[9] = 17  # the same bytes as UDP: the sender finishes those itself
+    udp[9] = 17  # the same bytes as UDP: also left to the receiver
     udp[10:12] = b"\x00\x00"
     udp[10:12] = struct.pack("!H", ref_checksum(bytes(udp[:20])))
     struct.pack_into("!H", udp, 26, O.pseudo_sum(bytes(udp), len(udp) - 20, 17))
     (out,) = O.split(O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6) + bytes(udp))
-    pseudo = out[12:20] + struct.pack("!BBH", 0, 17, len(out) - 20)
-    assert ref_checksum(pseudo + out[20:]) == 0
+    assert out == bytes(udp)
+
+    def udp_ok(p):
+        return ref_checksum(p[12:20] + struct.pack("!BBH", 0, 17, len(p) - 20) + p[20:]) == 0
+
+    assert udp_ok(O.finish_tcp(out))
+    (w,) = O.coalesce([out])
+    assert O.VNET_HDR.unpack_from(w) == (O.F_NEEDS_CSUM, O.GSO_NONE, 0, 0, 20, 6)
+    assert udp_ok(O.finish_checksum(w[O.VNET_HDR_LEN:], 20, 6))
 
 
 def test_receiver_ignores_whatever_tcp_checksum_arrives():

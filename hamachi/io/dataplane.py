@@ -61,6 +61,7 @@ log = logging.getLogger("hamachi.dataplane")
 
 TUN_BURST = 64  # super-packets read per wake-up before looking at the socket again
 UDP_BURST = 64
+FLUSH_PACKETS = 128  # inner packets gathered from the TUN before they are sealed and sent
 
 
 class DataPlane:
@@ -345,12 +346,16 @@ class DataPlane:
             self._send([d], addr)
 
     def _from_tun(self, now: float) -> None:
+        """Read what the TUN has (up to TUN_BURST reads), then seal and send per peer: many small
+        packets to one peer leave in one GSO sendmsg, not one syscall each."""
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
+        batches: dict = {}
+        held = 0
         for _ in range(TUN_BURST):
             try:
                 buf = tun.read()
             except BlockingIOError:
-                return
+                break
             if vnet:
                 try:
                     packets = offload.split(buf)
@@ -367,9 +372,22 @@ class DataPlane:
             if peer is None:
                 tunnel.drops["no_route"] += 1
                 continue
-            sealed = tunnel.seal_for(peer, packets, now)
+            if peer in batches:
+                batches[peer] += packets
+            else:
+                batches[peer] = packets
+            held += len(packets)
+            if held >= FLUSH_PACKETS:  # bulk TCP: send as we go, do not sit on megabytes
+                self._seal_and_send(batches, now)
+                held = 0
+        self._seal_and_send(batches, now)
+
+    def _seal_and_send(self, batches: dict, now: float) -> None:
+        for peer, packets in batches.items():
+            sealed = self.tunnel.seal_for(peer, packets, now)
             if sealed:
                 self._send(sealed, peer.endpoint)
+        batches.clear()
 
     def _datagram(self, d: bytes, addr, now: float, inner: list[bytes]) -> None:
         if d and d[0] == TYPE_DATA:

@@ -14,14 +14,15 @@ loses one segment, not a burst). `coalesce()` does the reverse on the
 receiving side: consecutive in-order segments of one TCP flow become one GSO
 super-packet, written to the TUN in one write.
 
-The TCP checksum contract between peers: a receiver never trusts the TCP
-checksum field of an inner packet. Every TCP packet is written to the TUN
-with NEEDS_CSUM and a pseudo-header sum it computes itself, so the kernel
-finishes the checksum where one is needed (forwarding) and skips it on local
-delivery; without a vnet header, `finish_tcp()` computes it in software. The
-AEAD already guarantees the bytes are the sender's, so a sender spends no
-time on TCP checksums at all (about half of the sending side's work when it
-did). IPv4 header checksums stay valid end to end (the kernel checks them).
+The checksum contract between peers: a receiver never trusts the TCP or UDP
+checksum field of an inner packet. Every unfragmented TCP or UDP packet is
+written to the TUN with NEEDS_CSUM and a pseudo-header sum it computes
+itself, so the kernel finishes the checksum where one is needed (forwarding)
+and skips it on local delivery; without a vnet header, `finish_tcp()`
+computes it in software. The AEAD already guarantees the bytes are the
+sender's, so a sender spends no time on L4 checksums at all (about half of
+the sending side's work when it did). IPv4 header checksums stay valid end to
+end (the kernel checks them).
 
 Checksums use the fact that 2**16 = 1 (mod 0xffff): the ones'-complement sum
 of 16-bit words equals the big-endian integer value of the bytes mod 0xffff,
@@ -97,7 +98,7 @@ def split(buf: bytes) -> list[bytes]:
     pkt = buf[VNET_HDR_LEN:]
     gso = gso_type & ~GSO_ECN
     if gso == GSO_NONE:
-        if flags & F_NEEDS_CSUM and not _is_tcp(pkt):  # TCP: the receiver finishes it
+        if flags & F_NEEDS_CSUM and _l4(pkt) is None:  # TCP and UDP: the receiver finishes them
             pkt = finish_checksum(pkt, csum_start, csum_offset)
         return [pkt]
     if gso not in (GSO_TCPV4, GSO_TCPV6) or gso_size == 0:
@@ -105,14 +106,33 @@ def split(buf: bytes) -> list[bytes]:
     return split_tcp(pkt, gso_size)
 
 
+def _l4(pkt: bytes) -> tuple[int, int, int] | None:
+    """(IP header length, protocol, checksum offset) of an unfragmented TCP or UDP packet (IPv4, or
+    IPv6 without extension headers), else None."""
+    n = len(pkt)
+    if n < 28:
+        return None
+    b0 = pkt[0]
+    if b0 >> 4 == 4:
+        proto = pkt[9]
+        ihl = (b0 & 0x0F) * 4
+        if pkt[6] & 0x3F or pkt[7]:
+            return None
+    elif b0 >> 4 == 6 and n >= 48:
+        proto = pkt[6]
+        ihl = 40
+    else:
+        return None
+    if proto == 6 and n >= ihl + 20:
+        return ihl, 6, 16
+    if proto == 17 and n >= ihl + 8:
+        return ihl, 17, 6
+    return None
+
+
 def _is_tcp(pkt: bytes) -> bool:
-    """An unfragmented TCP packet (IPv4, or IPv6 without extension headers)."""
-    if len(pkt) < 40:
-        return False
-    v = pkt[0] >> 4
-    if v == 4:
-        return pkt[9] == 6 and not (pkt[6] & 0x3F or pkt[7]) and len(pkt) >= (pkt[0] & 0x0F) * 4 + 20
-    return v == 6 and pkt[6] == 6 and len(pkt) >= 60
+    l4 = _l4(pkt)
+    return l4 is not None and l4[1] == 6
 
 
 def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
@@ -165,30 +185,37 @@ def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
     return out
 
 
-def tcp_pseudo(pkt: bytes, ihl: int) -> int:
-    """The folded pseudo-header sum of a TCP packet (what NEEDS_CSUM wants in the checksum field)."""
-    if ihl == 20 or pkt[0] >> 4 == 4:
-        return csum_fold(pkt[12:20], 6 + len(pkt) - ihl)
-    return csum_fold(pkt[8:40], 6 + len(pkt) - ihl)
+def tcp_pseudo(pkt: bytes, ihl: int, proto: int = 6) -> int:
+    """The folded pseudo-header sum of a TCP or UDP packet (what NEEDS_CSUM wants in the field)."""
+    if pkt[0] >> 4 == 4:
+        return csum_fold(pkt[12:20], proto + len(pkt) - ihl)
+    return csum_fold(pkt[8:40], proto + len(pkt) - ihl)
 
 
 def finish_tcp(pkt: bytes) -> bytes:
-    """For a TUN without a vnet header: a TCP packet with its full checksum; anything else unchanged."""
-    if not _is_tcp(pkt):
+    """For a TUN without a vnet header: a TCP or UDP packet with its full checksum (computed here,
+    whatever the field held); anything else unchanged."""
+    l4 = _l4(pkt)
+    if l4 is None:
         return pkt
-    ihl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
-    body = pkt[:ihl + 16] + b"\x00\x00" + pkt[ihl + 18 :]
-    s = csum_fold(body[ihl:], tcp_pseudo(pkt, ihl))
-    return body[: ihl + 16] + struct.pack("!H", (0xFFFF - s) & 0xFFFF) + body[ihl + 18 :]
+    ihl, proto, off = l4
+    at = ihl + off
+    body = pkt[:at] + b"\x00\x00" + pkt[at + 2 :]
+    c = (0xFFFF - csum_fold(body[ihl:], tcp_pseudo(pkt, ihl, proto))) & 0xFFFF
+    if proto == 17 and c == 0:
+        c = 0xFFFF  # UDP: 0 would mean "no checksum" (RFC 768)
+    return body[:at] + struct.pack("!H", c) + body[at + 2 :]
 
 
 def _single(pkt: bytes) -> bytes:
-    """One inner packet -> a TUN write; TCP goes with NEEDS_CSUM and our own pseudo-header sum."""
-    if not _is_tcp(pkt):
+    """One inner packet -> a TUN write; TCP and UDP go with NEEDS_CSUM and our own pseudo-header sum."""
+    l4 = _l4(pkt)
+    if l4 is None:
         return PLAIN_HDR + pkt
-    ihl = (pkt[0] & 0x0F) * 4 if pkt[0] >> 4 == 4 else 40
-    vh = VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, 16)
-    return vh + pkt[: ihl + 16] + struct.pack("!H", tcp_pseudo(pkt, ihl)) + pkt[ihl + 18 :]
+    ihl, proto, off = l4
+    at = ihl + off
+    vh = VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ihl, off)
+    return vh + pkt[:at] + struct.pack("!H", tcp_pseudo(pkt, ihl, proto)) + pkt[at + 2 :]
 
 
 _MERGE_BLOCKERS = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR | TCP_ECE
