@@ -481,9 +481,8 @@ class Tunnel:
         if not self._cookies.check_mac1(msg.body(), msg.mac1):
             self._drop(D.BAD_MAC1)
             return
-        entry = self._index.get(msg.receiver)
-        if entry is None or not isinstance(entry[1], _Pending):
-            self._drop(D.UNKNOWN_INDEX)
+        entry = self._pending_for(msg.receiver)
+        if entry is None:
             return
         peer, pending = entry
         try:
@@ -516,15 +515,22 @@ class Tunnel:
             peer.tx_bytes += sum(len(p) for p in queued)
         peer.last_sent = now
 
+    def _pending_for(self, receiver: int) -> tuple[Peer, _Pending] | None:
+        """Our handshake in flight that a response or cookie names; None (counted) if there is none."""
+        entry = self._index.get(receiver)
+        if entry is None or not isinstance(entry[1], _Pending):
+            self._drop(D.UNKNOWN_INDEX)
+            return None
+        return entry  # type: ignore[return-value]
+
     def _on_cookie(self, data: bytes, now: float) -> None:
         try:
             msg = CookieReply.decode(data)
         except DecodeError:
             self._drop(D.MALFORMED)
             return
-        entry = self._index.get(msg.receiver)
-        if entry is None or not isinstance(entry[1], _Pending):
-            self._drop(D.UNKNOWN_INDEX)
+        entry = self._pending_for(msg.receiver)
+        if entry is None:
             return
         peer, pending = entry
         cookie = ck.open_cookie(peer.public_key, msg.nonce, msg.cookie, pending.mac1)
