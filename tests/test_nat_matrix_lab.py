@@ -82,39 +82,62 @@ def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
         lab.wait_for(lambda: all(nodes.status(lab.host(h), cfgs[h])["server_connected"] for h in HOSTS),
                      timeout=60, what="every client logged in")
         nat = {h: nodes.status(lab.host(h), cfgs[h])["nat"] for h in HOSTS}
-        nodes.cli(lab.host("pub"), "client", "create", "matrix", "--config", str(cfgs["pub"]))
-        t0 = time.monotonic()
-        for h in HOSTS[1:]:
-            nodes.cli(lab.host(h), "client", "join", "matrix", "--config", str(cfgs[h]))
         ip = {h: nodes.status(lab.host(h), cfgs[h])["addresses"][0].split("/")[0] for h in HOSTS}
         pairs = list(itertools.combinations(HOSTS, 2))
+        # Each pair pings from before anyone joins (every 0.2 s, stopping at the first reply, whose
+        # wall-clock time -D prints). "Online" for a pair is when its second member's join command
+        # started; time to the first packet is the first reply's time minus that.
 
-        def reach(pair, deadline=25.0):
+        def first_reply(pair):
             a, b = pair
-            end = time.monotonic() + deadline
-            while time.monotonic() < end:
-                if lab.host(a).run(["ping", "-c1", "-W1", ip[b]], check=False).returncode == 0:
-                    return time.monotonic() - t0
+            end = time.time() + 60
+            while time.time() < end:
+                r = lab.host(a).run(["ping", "-D", "-n", "-c1", "-i0.2", "-W1", f"-w{max(1, int(end - time.time()))}",
+                                     ip[b]], check=False, timeout=90)
+                stamps = [float(line[1 : line.index("]")]) for line in r.stdout.splitlines()
+                          if line.startswith("[") and "bytes from" in line]
+                if stamps:
+                    return stamps[0]
+                time.sleep(0.2)
             return None
 
-        with ThreadPoolExecutor(12) as ex:
-            got = dict(zip(pairs, ex.map(reach, pairs), strict=True))
+        joined = {}
+        with ThreadPoolExecutor(len(pairs)) as ex:
+            futures = {pr: ex.submit(first_reply, pr) for pr in pairs}
+            joined["pub"] = time.time()
+            nodes.cli(lab.host("pub"), "client", "create", "matrix", "--config", str(cfgs["pub"]))
+            for h in HOSTS[1:]:
+                joined[h] = time.time()  # when the command starts: an upper bound on the latency
+                nodes.cli(lab.host(h), "client", "join", "matrix", "--config", str(cfgs[h]))
+            replies = {pr: f.result() for pr, f in futures.items()}
+        got = {(a, b): None if t is None else t - max(joined[a], joined[b]) for (a, b), t in replies.items()}
+
+        def settled():
+            """Pairs that started on the relay move to direct within a probe interval or so."""
+            paths = {}
+            for h in HOSTS:
+                for p in nodes.status(lab.host(h), cfgs[h])["peers"]:
+                    paths[(h, p["name"])] = p["path"]
+            return all(paths.get(pr) in expected_path(*pr) for pr in pairs)
+
+        if all(v is not None for v in got.values()):
+            lab.wait_for(settled, timeout=60, interval=2, what="every pair on its expected path")
         paths = {}
         for h in HOSTS:
             for p in nodes.status(lab.host(h), cfgs[h])["peers"]:
                 paths[(h, p["name"])] = p["path"]
         lines = []
         for h in HOSTS:
-            row = [("-" if o == h else "." if not (got.get((h, o)) or got.get((o, h)))
+            row = [("-" if o == h else "." if got.get((h, o)) is None and got.get((o, h)) is None
                     else "R" if paths.get((h, o)) == "relayed" else "D") for o in HOSTS]
             lines.append(f"{h:6s} {' '.join(row)}   {nat[h]['mapping'] or '-'} / {nat[h]['filtering'] or '-'}")
         print("\n       " + " ".join(h[:2] for h in HOSTS) + "\n" + "\n".join(lines))
         times = sorted(t for t in got.values() if t is not None)
-        direct = [pr for pr in pairs if got[pr] and paths.get(pr) == "direct"]
+        direct = [pr for pr in pairs if got[pr] is not None and paths.get(pr) == "direct"]
         print(f"connected pairs: {len(times)} of {len(pairs)} ({len(direct)} direct, "
-              f"{len(times) - len(direct)} relayed); first packet after join: "
-              f"median {times[len(times) // 2]:.1f}s, worst {times[-1]:.1f}s")
-        unreachable = [pr for pr in pairs if not got[pr]]
+              f"{len(times) - len(direct)} relayed); first packet after both joined: "
+              f"median {times[len(times) // 2]:.1f}s, p90 {times[int(len(times) * 0.9)]:.1f}s, worst {times[-1]:.1f}s")
+        unreachable = [pr for pr in pairs if got[pr] is None]
         if unreachable:
             a, b = unreachable[0]
             rst = json.loads(nodes.cli(rly, "relay", "status", "--config", str(rcfg), "--json").stdout)

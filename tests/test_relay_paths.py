@@ -10,6 +10,7 @@ import os
 from hamachi.crypto.keys import KeyPair
 from hamachi.proto.tunnel import (
     DIRECT_PROBE_INTERVAL,
+    DIRECT_PROBE_MAX,
     KEEPALIVE_TIMEOUT,
     REKEY_TIMEOUT,
     PeerConfig,
@@ -138,3 +139,25 @@ def test_direct_path_that_stops_answering_falls_back_to_the_relay():
     n.tick(KEEPALIVE_TIMEOUT + 2 * REKEY_TIMEOUT + 5)
     assert n.paths() == ("relayed", "relayed")
     assert b"a%d" % n.now in n.via["r1"]
+
+
+def test_direct_probes_back_off_while_the_path_stays_blocked_then_still_upgrade():
+    n = PathNet(blocked={"direct"})
+    n.tick(3)
+    probes = []
+    real = n.a.datagrams_to_send
+
+    def spy():
+        out = real()
+        probes.extend(n.now for d, ep in out if d[0] == 1 and ep == B_EP)
+        return out
+
+    n.a.datagrams_to_send = spy
+    n.tick(110)  # (before the first rekey, which also tries direct)
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert gaps[0] < gaps[-1] and max(gaps) <= DIRECT_PROBE_MAX + 1  # backed off, capped
+    assert len(probes) < 110 / DIRECT_PROBE_INTERVAL  # fewer than one every 10 s
+    n.blocked.discard("direct")
+    n.tick(DIRECT_PROBE_MAX + 5)
+    assert n.paths() == ("direct", "direct")
+    assert n.a.peers[n.kb.public].probe_interval == DIRECT_PROBE_INTERVAL  # reset once direct works

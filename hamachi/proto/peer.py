@@ -33,6 +33,7 @@ from hamachi.crypto.noise import NoiseIK
 from hamachi.crypto.session import Session
 
 QUEUE_LIMIT = 1024
+DIRECT_PROBE_INTERVAL = 10.0  # while relayed, try the direct candidates again after this long...
 
 Addr = tuple[str, int]
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -86,6 +87,7 @@ class Peer:
     last_received: float = float("-inf")
     unanswered_since: float | None = None
     last_direct_probe: float = float("-inf")
+    probe_interval: float = DIRECT_PROBE_INTERVAL  # while relayed: time between direct probes (backs off)
     relay_index: int = 0  # which of the peer's relays (in the server's order) we use when we need one
     last_heard: float = float("-inf")  # any authenticated message from the peer, on any path
     rx_bytes: int = 0

@@ -46,6 +46,7 @@ from hamachi.crypto.noise import HandshakeError, NoiseIK
 from hamachi.crypto.session import Session
 from hamachi.proto import drops as D
 from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import them from here)
+    DIRECT_PROBE_INTERVAL,
     QUEUE_LIMIT,
     Addr,
     Interface,
@@ -80,7 +81,7 @@ KEEPALIVE_TIMEOUT = 10.0
 REKEY_ATTEMPT_TIME = 90.0
 REKEY_AFTER_MESSAGES = 2**48  # a new session this often by count too (long before REJECT_AFTER_MESSAGES)
 TAI64_BASE = 2**62 + 10
-DIRECT_PROBE_INTERVAL = 10.0  # while relayed, try the direct candidates again this often
+DIRECT_PROBE_MAX = 30.0  # while relayed, the direct probe interval doubles per failed probe, up to this
 RELAY_AFTER = 1.0  # a handshake unanswered this long also goes through the relay
 
 
@@ -361,7 +362,8 @@ class Tunnel:
             m2 = ck.mac2(peer.cookie, body + m1)
         return body + m1 + m2
 
-    def _initiate(self, peer: Peer, now: float, first: float | None = None, lost: bool = False) -> None:
+    def _initiate(self, peer: Peer, now: float, first: float | None = None, lost: bool = False,
+                  probe: bool = False) -> None:
         if peer.endpoint is None and peer.config.candidates:
             peer.endpoint = peer.config.candidates[0]
         if peer.endpoint is None:
@@ -379,13 +381,14 @@ class Tunnel:
         direct = [c for c in (peer.endpoint, peer.config.endpoint, *peer.config.candidates)
                   if c is not None and not is_relayed(c)]
         direct = list(dict.fromkeys(direct))
-        if peer.current is not None and not is_relayed(peer.endpoint) and not lost:
-            targets = [peer.endpoint]  # a plain rekey on a working path
-        elif peer.current is not None and is_relayed(peer.endpoint) and not lost:
+        if probe:
             targets = direct  # looking for a way back to direct; the relayed session keeps working meanwhile
             pending.probe_only = True
+        elif peer.current is not None and not is_relayed(peer.endpoint) and not lost:
+            targets = [peer.endpoint]  # a plain rekey on a working path
         else:
-            targets = direct  # connecting, or the path died: direct now, the relay after RELAY_AFTER
+            targets = direct  # connecting, rekeying a relayed session, or the path died: direct now,
+            # the relay after RELAY_AFTER
         if not targets:
             targets = self._relay_targets(peer)
             pending.relay_sent = True
@@ -469,6 +472,8 @@ class Tunnel:
         self._index[idx] = (peer, session)
         peer.endpoint = addr
         peer.last_handshake = now
+        if not is_relayed(addr):
+            peer.probe_interval = DIRECT_PROBE_INTERVAL
         self._out.append((wire, addr))
         peer.last_sent = now
 
@@ -501,6 +506,8 @@ class Tunnel:
         peer.pending = None
         peer.last_heard = now
         peer.rtt = now - (pending.relay_sent_at if is_relayed(addr) and pending.relay_sent_at else pending.sent)
+        if not is_relayed(addr):
+            peer.probe_interval = DIRECT_PROBE_INTERVAL
         peer.endpoint = addr
         peer.last_handshake = now
         peer.last_received = now
@@ -565,6 +572,8 @@ class Tunnel:
                     self._out.append((p.wire, t))
             if p is not None and now - p.sent >= self.rekey_timeout:
                 if p.probe_only or now - p.first >= REKEY_ATTEMPT_TIME:  # a failed probe waits for the next
+                    if p.probe_only:
+                        peer.probe_interval = min(peer.probe_interval * 2, DIRECT_PROBE_MAX)
                     self._index.pop(p.index, None)
                     peer.pending = None
                     for _ in peer.queue:
@@ -573,7 +582,7 @@ class Tunnel:
                 else:
                     if p.relay_sent and peer.last_heard < p.relay_sent_at:
                         self._next_relay(peer)  # not even the relay answered: try the next one
-                    self._initiate(peer, now, first=p.first, lost=not p.probe_only)
+                    self._initiate(peer, now, first=p.first, lost=True)
             for attr in ("current", "previous", "next"):
                 s = getattr(peer, attr)
                 if s is not None and now - s.created >= self.reject_after:
@@ -586,9 +595,9 @@ class Tunnel:
                     self._next_relay(peer)  # the relay died (or lost our session): the next one
                 self._initiate(peer, now, lost=True)
             if peer.pending is None and peer.current is not None and is_relayed(peer.endpoint) and \
-                    now - peer.last_direct_probe >= DIRECT_PROBE_INTERVAL and \
+                    now - peer.last_direct_probe >= peer.probe_interval and \
                     any(not is_relayed(c) for c in (*peer.config.candidates, peer.config.endpoint) if c):
-                self._initiate(peer, now)
+                self._initiate(peer, now, probe=True)
             ka = peer.config.keepalive
             if ka > 0 and now - peer.last_sent >= ka and peer.endpoint is not None:
                 self._keepalive(peer, now)
