@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hamachi.proto.discovery import ADM, APDM, EIM, Discovery
+from hamachi.proto.discovery import ADM, APDM, EIM, Discovery, NatReport
 from hamachi.proto.stun_server import StunResponder
 
 A1, A2, P1 = "198.51.100.10", "198.51.100.11", 3478
@@ -83,3 +83,9 @@ def test_one_address_server_gives_mapped_address_only():
     r = run(Nat(EIM, APDM), server_addrs=(A1,))
     assert r.mapped is not None and r.mapping is None and r.filtering is None
     assert any("one address" in n for n in r.notes)
+
+
+def test_summary_says_unknown_in_words():
+    assert NatReport(udp=True, nat=True).summary == \
+        "NAT: mapping and filtering unknown (the server could not test them), hairpin unknown"
+    assert "?" not in NatReport(udp=True, nat=True, mapping="endpoint-independent").summary

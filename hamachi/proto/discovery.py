@@ -54,8 +54,12 @@ class NatReport:
             return "UDP to the server is blocked"
         if self.nat is False:
             return "no NAT (public address)"
-        return f"NAT: {self.mapping or '?'} mapping, {self.filtering or '?'} filtering, " \
-               f"hairpin {'yes' if self.hairpin else 'no' if self.hairpin is False else '?'}"
+        if self.mapping is None and self.filtering is None:
+            # e.g. a server with one public address cannot run the RFC 5780 tests
+            return "NAT: mapping and filtering unknown (the server could not test them), " \
+                   f"hairpin {'yes' if self.hairpin else 'no' if self.hairpin is False else 'unknown'}"
+        return f"NAT: {self.mapping or 'unknown'} mapping, {self.filtering or 'unknown'} filtering, " \
+               f"hairpin {'yes' if self.hairpin else 'no' if self.hairpin is False else 'unknown'}"
 
 
 class Discovery:
