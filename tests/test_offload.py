@@ -145,3 +145,65 @@ def test_malformed_vnet_packets_have_named_reasons(bad, reason):
     with pytest.raises(O.OffloadError) as ei:
         O.split(bad)
     assert ei.value.reason == reason
+
+
+def udp_packet(payload: bytes, sport: int = 40000, src="100.64.0.1", ident: int = 7) -> bytes:
+    udp = struct.pack("!HHHH", sport, 5201, 8 + len(payload), 0)
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address("100.64.0.2").packed
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 28 + len(payload), ident, 0x4000, 64, 17, 0) + s + d
+    ip = ip[:10] + struct.pack("!H", ref_checksum(ip)) + ip[12:]
+    return ip + udp + payload
+
+
+def udp_ok(p: bytes) -> bool:
+    return ref_checksum(p[12:20] + struct.pack("!BBH", 0, 17, len(p) - 20) + p[20:]) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 9000), seg=st.integers(16, 1400))
+def test_udp_super_packet_splits_into_valid_datagrams(size, seg):
+    payload = (bytes(range(251)) * (size // 251 + 1))[:size]
+    sup = udp_packet(payload)
+    segs = O.split(O.VNET_HDR.pack(O.F_NEEDS_CSUM, O.GSO_UDP_L4, 28, seg, 20, 6) + sup)
+    assert len(segs) == (size + seg - 1) // seg
+    assert b"".join(s[28:] for s in segs) == payload
+    for s in segs:
+        assert ref_checksum(s[:20]) == 0 and struct.unpack_from("!H", s, 24)[0] == len(s) - 20
+        assert udp_ok(O.finish_tcp(s))
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(2, 80), size=st.integers(1, 1400), last=st.integers(0, 1400))
+def test_udp_runs_merge_into_one_write_the_kernel_can_segment(count, size, last):
+    dgrams = [udp_packet(bytes([i % 256]) * size, ident=i) for i in range(count)]
+    if 0 < last < size:
+        dgrams.append(udp_packet(b"z" * last))
+    writes = O.coalesce(dgrams, udp=True)
+    assert O.coalesce(dgrams) == [O._single(d) for d in dgrams]  # without USO: one write each
+    merged = [w for w in writes if O.VNET_HDR.unpack_from(w)[1] == O.GSO_UDP_L4]
+    assert sum(len(w) for w in writes) < sum(len(d) + O.VNET_HDR_LEN for d in dgrams) or len(dgrams) < 2
+    got = b""
+    for w in writes:
+        flags, gso, hdr_len, gso_size, cs, co = O.VNET_HDR.unpack_from(w)
+        pkt = w[O.VNET_HDR_LEN:]
+        assert ref_checksum(pkt[:20]) == 0  # the kernel checks the IPv4 header of the super-packet
+        if gso == O.GSO_UDP_L4:
+            assert (flags, hdr_len, cs, co) == (O.F_NEEDS_CSUM, 28, 20, 6) and gso_size == size
+            # The partial checksum is the pseudo-header sum for the whole UDP length, which the
+            # kernel adjusts to each segment's length (udp_offload.c).
+            ulen = struct.unpack_from("!H", pkt, 24)[0]
+            assert ulen == len(pkt) - 20 and struct.unpack_from("!H", pkt, 26)[0] == O.csum_fold(pkt[12:20], 17 + ulen)
+            for s in O.split_udp(pkt, gso_size):
+                assert udp_ok(O.finish_tcp(s))
+        got += b"".join(s[28:] for s in O.split_udp(pkt, gso_size or len(pkt)))
+    assert got == b"".join(d[28:] for d in dgrams)
+    assert merged and len(merged) <= (len(dgrams) + O.MAX_UDP_SEGMENTS - 1) // O.MAX_UDP_SEGMENTS + 1
+
+
+def test_udp_runs_break_at_another_flow_or_a_bigger_datagram():
+    a = [udp_packet(b"a" * 100) for _ in range(3)]
+    b = udp_packet(b"b" * 100, sport=40001)
+    big = udp_packet(b"c" * 200)
+    writes = O.coalesce([a[0], a[1], b, a[2], big], udp=True)
+    kinds = [O.VNET_HDR.unpack_from(w)[1] for w in writes]
+    assert kinds == [O.GSO_UDP_L4, O.GSO_NONE, O.GSO_NONE, O.GSO_NONE]

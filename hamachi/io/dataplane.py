@@ -114,7 +114,7 @@ class DataPlane:
 
     @property
     def offload_status(self) -> dict[str, bool]:
-        return {"tun_tso": self.tun.tso, "udp_gso": self.udp.gso, "udp_gro": self.udp.gro}
+        return {"tun_tso": self.tun.tso, "tun_uso": self.tun.uso, "udp_gso": self.udp.gso, "udp_gro": self.udp.gro}
 
     # -- birthday probing (runs in the loop thread, through call()) --------------------
     def open_probes(self, n: int, target: tuple[str, int], now: float, seconds: float = 60.0) -> int:
@@ -408,7 +408,7 @@ class DataPlane:
         if not inner:
             return
         if self.tun.vnet:
-            for w in offload.coalesce(inner):
+            for w in offload.coalesce(inner, udp=self.tun.uso):
                 _write(self.tun, w, self.drops)
         else:
             for p in inner:

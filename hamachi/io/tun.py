@@ -6,7 +6,9 @@ Which library does what:
   offload path we open /dev/net/tun ourselves with fcntl.ioctl: IFF_VNET_HDR
   puts a 10-byte virtio-net header in front of every packet, and TUNSETOFFLOAD
   with TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6 lets the kernel hand us TCP
-  super-packets of up to 64 KB that we cut up ourselves (see proto/offload.py).
+  super-packets of up to 64 KB that we cut up ourselves (see proto/offload.py);
+  TUN_F_USO4|TUN_F_USO6 (Linux 6.2+) does the same for UDP, and lets us write
+  runs of small UDP datagrams (games) as one super-packet.
 * Addresses, routes and MTU are set with iproute2 (`ip`), see io/netconf.py.
 """
 
@@ -27,6 +29,8 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
 
 READ_SIZE = 65536 + 64
 
@@ -38,6 +42,7 @@ class TunDevice:
         self.mode = mode
         self.vnet = False
         self.tso = False
+        self.uso = False
         self._pytun = None
         if offload:
             try:
@@ -60,7 +65,12 @@ class TunDevice:
             ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
             self.name = ifr[:16].rstrip(b"\x00").decode()
             if self.mode == "tun":
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+                try:  # Linux >= 6.2: UDP segmentation too (we may write UDP super-packets)
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, base | TUN_F_USO4 | TUN_F_USO6)
+                    self.uso = True
+                except OSError:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, base)
                 self.tso = True
         except OSError:
             os.close(fd)

@@ -41,6 +41,8 @@ GSO_NONE = 0
 GSO_TCPV4 = 1
 GSO_UDP = 3
 GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+MAX_UDP_SEGMENTS = 64
 GSO_ECN = 0x80
 PLAIN_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
 MAX_COALESCE = 65535 - 60
@@ -101,6 +103,8 @@ def split(buf: bytes) -> list[bytes]:
         if flags & F_NEEDS_CSUM and _l4(pkt) is None:  # TCP and UDP: the receiver finishes them
             pkt = finish_checksum(pkt, csum_start, csum_offset)
         return [pkt]
+    if gso == GSO_UDP_L4 and gso_size:
+        return split_udp(pkt, gso_size)
     if gso not in (GSO_TCPV4, GSO_TCPV6) or gso_size == 0:
         raise OffloadError("unsupported_gso", f"unsupported gso_type {gso_type} / gso_size {gso_size}")
     return split_tcp(pkt, gso_size)
@@ -185,6 +189,39 @@ def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
     return out
 
 
+def split_udp(pkt: bytes, size: int) -> list[bytes]:
+    """A UDP super-packet (USO) -> datagrams of `size` payload bytes (the last may be shorter)."""
+    l4 = _l4(pkt)
+    if l4 is None or l4[1] != 17:
+        raise OffloadError("bad_gso_packet", "not an unfragmented UDP packet")
+    ihl = l4[0]
+    hlen = ihl + 8
+    hdr = bytearray(pkt[:hlen])
+    v4 = pkt[0] >> 4 == 4
+    if v4:
+        ip_id = int.from_bytes(hdr[4:6], "big")
+        hdr[2:6] = b"\x00\x00\x00\x00"
+        hdr[10:12] = b"\x00\x00"
+        base = csum_fold(bytes(hdr[:ihl]))
+    out = []
+    pack = struct.pack_into
+    for i, start in enumerate(range(hlen, max(len(pkt), hlen + 1), size)):
+        chunk = pkt[start : start + size]
+        length = hlen + len(chunk)
+        if v4:
+            ident = (ip_id + i) & 0xFFFF
+            c = base + length + ident
+            c = (c & 0xFFFF) + (c >> 16)
+            c = (c & 0xFFFF) + (c >> 16)
+            pack("!HH", hdr, 2, length, ident)
+            pack("!H", hdr, 10, 0xFFFF - c)
+        else:
+            pack("!H", hdr, 4, length - 40)
+        pack("!H", hdr, ihl + 4, 8 + len(chunk))  # the checksum is left to the receiver
+        out.append(bytes(hdr) + chunk)
+    return out
+
+
 def tcp_pseudo(pkt: bytes, ihl: int, proto: int = 6) -> int:
     """The folded pseudo-header sum of a TCP or UDP packet (what NEEDS_CSUM wants in the field)."""
     if pkt[0] >> 4 == 4:
@@ -250,11 +287,63 @@ def _flow(pkt: bytes):
     return key, ihl, thl, seq, flags, n - ihl - thl
 
 
-def coalesce(packets: list[bytes]) -> list[bytes]:
+def _udp_key(pkt: bytes):
+    """Flow key of a UDP datagram we may merge (IPv4 without options, or IPv6), else None."""
+    if len(pkt) < 28:
+        return None
+    b0 = pkt[0]
+    if b0 == 0x45 and pkt[9] == 17 and not (pkt[6] & 0x3F or pkt[7]):
+        return pkt[12:24]  # addresses and ports
+    if b0 >> 4 == 6 and pkt[6] == 17 and len(pkt) >= 48:
+        return pkt[8:44]
+    return None
+
+
+def _udp_run(packets: list[bytes], i: int) -> int:
+    """End (exclusive) of the run of same-flow UDP datagrams from i: equal sizes, the last may be shorter."""
+    key = _udp_key(packets[i])
+    if key is None:
+        return i + 1
+    size = len(packets[i])
+    total, j, n = size, i + 1, len(packets)
+    while j < n and j - i < MAX_UDP_SEGMENTS:
+        q = packets[j]
+        if len(q) > size or total + len(q) > MAX_COALESCE or _udp_key(q) != key:
+            break
+        total += len(q)
+        j += 1
+        if len(q) < size:
+            break
+    return j
+
+
+def _merge_udp(run: list[bytes]) -> bytes:
+    first = run[0]
+    ihl = 20 if first[0] >> 4 == 4 else 40
+    hlen = ihl + 8
+    body = b"".join([first[hlen:]] + [p[hlen:] for p in run[1:]])
+    hdr = bytearray(first[:hlen])
+    total = hlen + len(body)
+    if ihl == 20:
+        struct.pack_into("!H", hdr, 2, total)
+        hdr[10:12] = b"\x00\x00"
+        struct.pack_into("!H", hdr, 10, (0xFFFF - csum_fold(bytes(hdr[:20]))) & 0xFFFF)
+    else:
+        struct.pack_into("!H", hdr, 4, total - 40)
+    struct.pack_into("!H", hdr, ihl + 4, total - ihl)
+    # NEEDS_CSUM with the pseudo-header sum for the whole length; the kernel adjusts it per segment.
+    addrs = hdr[12:20] if ihl == 20 else hdr[8:40]
+    struct.pack_into("!H", hdr, ihl + 6, csum_fold(bytes(addrs), 17 + total - ihl))
+    vh = VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, hlen, len(first) - hlen, ihl, 6)
+    return vh + bytes(hdr) + body
+
+
+def coalesce(packets: list[bytes], udp: bool = False) -> list[bytes]:
     """Inner packets (in arrival order) -> TUN writes with a virtio-net header each.
 
     Runs of in-order TCP segments of one flow, all but the last of equal size,
-    become one GSO super-packet; everything else passes through unchanged.
+    become one GSO super-packet; with `udp` (the TUN does USO), so do runs of
+    one flow's UDP datagrams of equal size; everything else passes through.
     """
     out: list[bytes] = []
     i, n = 0, len(packets)
@@ -262,6 +351,12 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
         p = packets[i]
         f = _flow(p)
         if f is None:
+            if udp and i + 1 < n:
+                j = _udp_run(packets, i)
+                if j - i > 1:
+                    out.append(_merge_udp(packets[i:j]))
+                    i = j
+                    continue
             out.append(_single(p))
             i += 1
             continue
