@@ -66,6 +66,7 @@ BAD_CASES = [
     ("bad overlay address", GOOD_CLIENT + "\n[tunnel]\naddress = \"100.64.0.300/10\"\n",
      "tunnel.address", "not an IPv4"),
     ("bad mode", GOOD_CLIENT + "\n[tunnel]\nmode = \"tan\"\n", "tunnel.mode", "not one of"),
+    ("bad cipher", GOOD_CLIENT + "\n[tunnel]\ncipher = \"rot13\"\n", "tunnel.cipher", "not one of"),
     ("peer missing key", GOOD_CLIENT + "\n[[peer]]\naddresses = [\"100.64.0.3/32\"]\n",
      "peer[0].public_key", "is required"),
     ("port forward without endpoint", GOOD_CLIENT + "\n[port_forward]\nenabled = true\n",

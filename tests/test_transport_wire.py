@@ -17,7 +17,7 @@ def test_handshake_init_vector():
     wire = msg.encode()
     assert wire[:8].hex() == "0100000001020304"
     assert wire[8:-32] == NOISE1 and wire[-32:] == M1 + M2
-    assert len(wire) == T.INIT_LEN == 148
+    assert len(wire) == T.INIT_LEN == 149
     assert msg.body() == wire[:-32]
     assert T.HandshakeInit.decode(wire) == msg
     assert T.HandshakeInit.decode(wire + b"future") == msg  # trailing bytes ignored
@@ -27,7 +27,7 @@ def test_handshake_response_vector():
     msg = T.HandshakeResponse(1, 0xDEADBEEF, NOISE2, M1, M2)
     wire = msg.encode()
     assert wire[:12].hex() == "0200000001000000efbeadde"
-    assert len(wire) == T.RESPONSE_LEN == 92
+    assert len(wire) == T.RESPONSE_LEN == 93
     assert T.HandshakeResponse.decode(wire) == msg
 
 

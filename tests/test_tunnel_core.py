@@ -272,13 +272,35 @@ def test_prefix_routes_and_ipv6():
     assert t.route_peer(ipaddress.ip_address("10.9.1.1").packed) is None
 
 
-@pytest.mark.parametrize("aead", ["chacha20poly1305", "aes256gcm"])
-def test_aead_choices(aead):
+@pytest.mark.parametrize(("a_allows", "b_allows", "agreed"), [
+    ("chacha20poly1305", "chacha20poly1305", "chacha20poly1305"),
+    ("aes256gcm", "aes256gcm", "aes256gcm"),
+    (("aes256gcm", "chacha20poly1305"), ("chacha20poly1305", "aes256gcm"), "aes256gcm"),  # initiator's choice
+    (("aes256gcm", "chacha20poly1305"), "chacha20poly1305", "chacha20poly1305"),
+    ("chacha20poly1305", ("aes256gcm", "chacha20poly1305"), "chacha20poly1305"),
+])
+def test_aead_is_agreed_in_the_handshake(a_allows, b_allows, agreed):
     n = Net()
-    n.a.aead = n.b.aead = aead
+    n.a.aead, n.b.aead = a_allows, b_allows
     n.send("a", b"x")
     n.pump()
     assert payloads(n.delivered["b"]) == [b"x"]
+    n.send("b", b"y")
+    n.pump()
+    assert payloads(n.delivered["a"]) == [b"y"]
+    for t in (n.a, n.b):
+        assert {p["cipher"] for p in t.stats(n.now)["peers"]} == {agreed}
+
+
+def test_no_common_aead_no_session_and_counted():
+    n = Net()
+    n.a.aead, n.b.aead = "aes256gcm", "chacha20poly1305"
+    n.send("a", b"x")
+    n.pump()
+    assert n.delivered["b"] == []
+    assert n.b.peers[n.ka.public].drops[D.NO_COMMON_CIPHER] == 1
+    with pytest.raises(ValueError):
+        n.a.aead = "rot13"
 
 
 def test_spray_probes_random_ports_of_a_symmetric_peer_until_a_session_exists():

@@ -75,6 +75,9 @@ mtu = {C.DEFAULT_MTU}
 listen_port = {C.DEFAULT_DATA_PORT}
 # Use TUN and UDP segmentation offloads where the kernel has them.
 offload = true
+# Data cipher: "auto" (measure; AES-256-GCM where the CPU has AES instructions, else
+# ChaCha20-Poly1305; peers agree in the handshake), or "chacha20poly1305" / "aes256gcm" only.
+cipher = "auto"
 # Seconds between keepalives that hold NAT mappings open.
 keepalive = {C.DEFAULT_KEEPALIVE:g}
 

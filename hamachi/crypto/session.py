@@ -23,6 +23,9 @@ _NONCE = struct.Struct("<4xQ")
 _COUNTER = struct.Struct("<Q")
 _PREFIX = bytes([TYPE_DATA, 0, 0, 0])
 AEADS = {"chacha20poly1305": ChaCha20Poly1305, "aes256gcm": AESGCM}
+# On the wire (handshake payloads): one small number per AEAD.
+AEAD_IDS = {"chacha20poly1305": 1, "aes256gcm": 2}
+AEAD_NAMES = {v: k for k, v in AEAD_IDS.items()}
 # Stop using a session long before the counter could wrap (WireGuard's REJECT_AFTER_MESSAGES).
 REJECT_AFTER_MESSAGES = 2**60
 
@@ -31,11 +34,12 @@ class Session:
     """One direction pair of keys, with its indices, counter and replay window."""
 
     __slots__ = ("local_index", "remote_index", "created", "initiator", "send_counter", "replay",
-                 "_enc", "_dec", "_hdr", "last_received", "last_sent")
+                 "_enc", "_dec", "_hdr", "last_received", "last_sent", "aead")
 
     def __init__(self, send_key: bytes, recv_key: bytes, local_index: int, remote_index: int,
                  created: float, initiator: bool, aead: str = "chacha20poly1305"):
         cls = AEADS[aead]
+        self.aead = aead
         self._enc = cls(send_key).encrypt
         self._dec = cls(recv_key).decrypt
         self.local_index = local_index
@@ -105,4 +109,4 @@ class Session:
         return self.send_counter >= REJECT_AFTER_MESSAGES
 
 
-__all__ = ["Session", "AEADS", "TAG_LEN", "REJECT_AFTER_MESSAGES"]
+__all__ = ["Session", "AEADS", "AEAD_IDS", "AEAD_NAMES", "TAG_LEN", "REJECT_AFTER_MESSAGES"]

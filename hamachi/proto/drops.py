@@ -16,6 +16,7 @@ DECRYPT_FAILED = "decrypt_failed"
 SPOOFED_SOURCE = "spoofed_source"
 STALE_TIMESTAMP = "stale_timestamp"
 SESSION_EXPIRED = "session_expired"
+NO_COMMON_CIPHER = "no_common_cipher"  # the peer offers no AEAD we allow (see [tunnel] cipher)
 # Outbound
 NO_ROUTE = "no_route"
 NO_ENDPOINT = "no_endpoint"

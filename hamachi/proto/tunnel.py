@@ -43,7 +43,7 @@ from collections.abc import Callable
 from hamachi.crypto import cookie as ck
 from hamachi.crypto.keys import KeyPair
 from hamachi.crypto.noise import HandshakeError, NoiseIK
-from hamachi.crypto.session import Session
+from hamachi.crypto.session import AEAD_IDS, AEAD_NAMES, Session
 from hamachi.proto import drops as D
 from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import them from here)
     DIRECT_PROBE_INTERVAL,
@@ -102,7 +102,8 @@ class Tunnel:
     def __init__(self, local: KeyPair, now: float, rand: Callable[[int], bytes], *, wall_offset: float = 0.0,
                  rekey_after: float = REKEY_AFTER, reject_after: float = REJECT_AFTER,
                  rekey_timeout: float = REKEY_TIMEOUT, handshake_rate: float = 20.0,
-                 aead: str = "chacha20poly1305", rekey_after_messages: int = REKEY_AFTER_MESSAGES):
+                 aead: str | tuple[str, ...] = "chacha20poly1305",
+                 rekey_after_messages: int = REKEY_AFTER_MESSAGES):
         self.local = local
         self.rekey_after_messages = rekey_after_messages
         self.rand = rand
@@ -110,7 +111,7 @@ class Tunnel:
         self.rekey_after = rekey_after
         self.reject_after = reject_after
         self.rekey_timeout = rekey_timeout
-        self.aead = aead
+        self.aead = aead  # the AEADs we allow, our preference first (a name, or a tuple of names)
         self.peers: dict[bytes, Peer] = {}
         self.router = Router()
         self.drops: Counter = Counter()
@@ -162,6 +163,27 @@ class Tunnel:
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self._out = self._out, []
         return out
+
+    @property
+    def aead(self) -> tuple[str, ...]:
+        return self._aeads
+
+    @aead.setter
+    def aead(self, value: str | tuple[str, ...]) -> None:
+        names = (value,) if isinstance(value, str) else tuple(value)
+        if not names or any(n not in AEAD_IDS for n in names):
+            raise ValueError(f"unknown AEAD in {names!r}; known: {', '.join(AEAD_IDS)}")
+        self._aeads = names[:2]
+        ids = [AEAD_IDS[n] for n in self._aeads] + [0]
+        self._prefs = bytes([ids[0] << 4 | ids[1]])
+
+    def _choose_aead(self, prefs: int) -> str | None:
+        """Responder: the initiator's first choice among those we allow."""
+        for wire_id in (prefs >> 4, prefs & 0x0F):
+            name = AEAD_NAMES.get(wire_id)
+            if name in self._aeads:
+                return name
+        return None
 
     def _drop(self, reason: str, peer: Peer | None = None, count: int = 1) -> None:
         self.drops[reason] += count
@@ -373,7 +395,7 @@ class Tunnel:
             self._index.pop(peer.pending.index, None)
         idx = self._new_index(peer)
         hs = NoiseIK.initiator(self.local, peer.public_key, PROLOGUE)
-        noise = hs.write_message(tai64n(now + self.wall_offset))
+        noise = hs.write_message(tai64n(now + self.wall_offset) + self._prefs)
         wire = self._stamp(peer, HandshakeInit(idx, noise).body(), now)
         pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN], wire)
         peer.pending = pending
@@ -449,7 +471,7 @@ class Tunnel:
                 return
         hs = NoiseIK.responder(self.local, PROLOGUE)
         try:
-            timestamp = hs.read_message(msg.noise)
+            payload = hs.read_message(msg.noise)
         except HandshakeError:
             self._drop(D.HANDSHAKE_FAILED)
             return
@@ -457,15 +479,21 @@ class Tunnel:
         if peer is None:
             self._drop(D.UNKNOWN_PEER)
             return
+        timestamp = payload[:12]
         if timestamp <= peer.last_timestamp:
             self._drop(D.STALE_TIMESTAMP, peer)
+            return
+        aead = self._choose_aead(payload[12])
+        if aead is None:
+            self._drop(D.NO_COMMON_CIPHER, peer)
             return
         peer.last_timestamp = timestamp
         peer.last_heard = now
         idx = self._new_index(peer)
-        wire = self._stamp(peer, HandshakeResponse(idx, msg.sender, hs.write_message(b"")).body(), now)
+        wire = self._stamp(peer, HandshakeResponse(idx, msg.sender, hs.write_message(bytes([AEAD_IDS[aead]]))).body(),
+                           now)
         send, recv = hs.split()
-        session = Session(send.k, recv.k, idx, msg.sender, now, initiator=False, aead=self.aead)
+        session = Session(send.k, recv.k, idx, msg.sender, now, initiator=False, aead=aead)
         if peer.next is not None:
             self._index.pop(peer.next.local_index, None)
         peer.next = session
@@ -491,12 +519,16 @@ class Tunnel:
             return
         peer, pending = entry
         try:
-            pending.hs.read_message(msg.noise)
+            payload = pending.hs.read_message(msg.noise)
         except HandshakeError:
             self._drop(D.HANDSHAKE_FAILED, peer)
             return
+        aead = AEAD_NAMES.get(payload[0])
+        if aead not in self._aeads:  # the responder picked one we did not offer
+            self._drop(D.NO_COMMON_CIPHER, peer)
+            return
         send, recv = pending.hs.split()
-        session = Session(send.k, recv.k, pending.index, msg.sender, now, initiator=True, aead=self.aead)
+        session = Session(send.k, recv.k, pending.index, msg.sender, now, initiator=True, aead=aead)
         self._index[pending.index] = (peer, session)
         if peer.previous is not None:
             self._index.pop(peer.previous.local_index, None)
@@ -634,6 +666,7 @@ class Tunnel:
                 "path": ("none" if not peer.endpoint else "connecting" if peer.current is None
                          else "relayed" if is_relayed(peer.endpoint) else "direct"),
                 "rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000, 2),
+                "cipher": peer.current.aead if peer.current is not None else None,
                 "session": peer.current is not None,
                 "last_handshake_ago": None if peer.last_handshake is None else round(now - peer.last_handshake, 1),
                 "rx_bytes": peer.rx_bytes, "rx_packets": peer.rx_packets,

@@ -9,14 +9,14 @@ Demultiplexing rule for everything that arrives on a client's one UDP socket:
 (A STUN message's first byte is 0x00 or 0x01, so it is told apart from types
 1-4 by the magic cookie.) Integers are little-endian, as in WireGuard.
 
-HandshakeInit (type 1), 116 + payload bytes:
+HandshakeInit (type 1), 116 + payload bytes (payload: timestamp and AEAD preferences, 13):
 
     0      1        4             8                                   8+N       +16     +16
     +------+--------+-------------+-----------------------------------+---------+-------+
     | 0x01 | 0 0 0  | sender idx  | Noise IK message 1 (N bytes)      |  mac1   | mac2  |
     +------+--------+-------------+-----------------------------------+---------+-------+
 
-HandshakeResponse (type 2):
+HandshakeResponse (type 2), payload: the chosen AEAD (1 byte):
 
     | 0x02 | 0 0 0 | sender idx (4) | receiver idx (4) | Noise IK message 2 | mac1 (16) | mac2 (16) |
 
@@ -46,9 +46,11 @@ TYPE_DISCO = 5
 STUN_MAGIC = 0x2112A442
 
 MAC_LEN = 16
-# Noise IK message lengths for our payloads: message 1 carries a 12-byte TAI64N timestamp.
-INIT_NOISE_LEN = 32 + 48 + 12 + 16
-RESPONSE_NOISE_LEN = 32 + 16
+# Noise IK message lengths for our payloads: message 1 carries a 12-byte TAI64N timestamp and
+# one byte of AEAD preferences (first choice in the high nibble, second in the low; 0 = none);
+# message 2 carries one byte: the AEAD the responder chose for this session.
+INIT_NOISE_LEN = 32 + 48 + 13 + 16
+RESPONSE_NOISE_LEN = 32 + 1 + 16
 INIT_LEN = 8 + INIT_NOISE_LEN + 2 * MAC_LEN
 RESPONSE_LEN = 12 + RESPONSE_NOISE_LEN + 2 * MAC_LEN
 COOKIE_LEN = 8 + 24 + 32
