@@ -207,3 +207,22 @@ def test_udp_runs_break_at_another_flow_or_a_bigger_datagram():
     writes = O.coalesce([a[0], a[1], b, a[2], big], udp=True)
     kinds = [O.VNET_HDR.unpack_from(w)[1] for w in writes]
     assert kinds == [O.GSO_UDP_L4, O.GSO_NONE, O.GSO_NONE, O.GSO_NONE]
+
+
+@pytest.mark.parametrize("buf", [
+    O.PLAIN_HDR + udp_packet(b"game state"),
+    O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6) + udp_packet(b"game state"),
+    O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + tcp_packet(b"ack"),
+    O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 6) + tcp_packet(b"odd offset"),  # not TCP's: finished
+    O.VNET_HDR.pack(O.F_NEEDS_CSUM, 0, 0, 0, 20, 2) + bytes([0x45]) + bytes(40),  # other protocol
+    vnet(tcp_packet(b"x" * 3000), 1000),  # GSO: split
+    O.PLAIN_HDR + b"\x45",
+])
+def test_single_is_splits_fast_path(buf):
+    fast = O.single(buf)
+    try:
+        full = O.split(buf)
+    except O.OffloadError:
+        assert fast is None
+        return
+    assert fast is None or [fast] == full

@@ -349,34 +349,50 @@ class DataPlane:
         """Read what the TUN has (up to TUN_BURST reads), then seal and send per peer: many small
         packets to one peer leave in one GSO sendmsg, not one syscall each."""
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
+        read, single, exact = tun.read, offload.single, tunnel.router.exact
         batches: dict = {}
         held = 0
+        last_dst, last_peer = None, None
         for _ in range(TUN_BURST):
             try:
-                buf = tun.read()
+                buf = read()
             except BlockingIOError:
                 break
+            multi = None
             if vnet:
-                try:
-                    packets = offload.split(buf)
-                except offload.OffloadError as exc:
-                    self.drops[exc.reason] += 1
-                    continue
+                pkt = single(buf)
+                if pkt is None:
+                    try:
+                        multi = offload.split(buf)
+                    except offload.OffloadError as exc:
+                        self.drops[exc.reason] += 1
+                        continue
+                    pkt = multi[0]
             else:
-                packets = [buf]
-            dst = inner_destination(packets[0])
+                pkt = buf
+            if not pkt:
+                self.drops["malformed_inner"] += 1
+                continue
+            dst = pkt[16:20] if pkt[0] >> 4 == 4 and len(pkt) >= 20 else inner_destination(pkt)
             if dst is None:
                 self.drops["malformed_inner"] += 1
                 continue
-            peer = tunnel.route_peer(dst)
+            if dst != last_dst:
+                last_dst = dst
+                last_peer = exact.get(dst) or tunnel.route_peer(dst)
+            peer = last_peer
             if peer is None:
                 tunnel.drops["no_route"] += 1
                 continue
-            if peer in batches:
-                batches[peer] += packets
+            lst = batches.get(peer)
+            if lst is None:
+                batches[peer] = lst = []
+            if multi is None:
+                lst.append(pkt)
+                held += 1
             else:
-                batches[peer] = packets
-            held += len(packets)
+                lst += multi
+                held += len(multi)
             if held >= FLUSH_PACKETS:  # bulk TCP: send as we go, do not sit on megabytes
                 self._seal_and_send(batches, now)
                 held = 0

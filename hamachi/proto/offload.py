@@ -92,6 +92,22 @@ def _ip_header_checksum(hdr: bytearray) -> None:
     hdr[10:12] = struct.pack("!H", (0xFFFF - csum_fold(bytes(hdr))) & 0xFFFF)
 
 
+def single(buf: bytes) -> bytes | None:
+    """The common small-packet case of `split()`, cheaply: a non-GSO packet that needs nothing
+    done (no partial checksum, or a TCP/UDP one the receiver finishes) -> the IP packet; else None."""
+    if len(buf) <= VNET_HDR_LEN + 20 or buf[1] != GSO_NONE:
+        return None
+    if buf[0] & F_NEEDS_CSUM:
+        # csum_offset 16 (TCP) or 6 (UDP) at csum_start = the IP header length
+        off = buf[8] | buf[9] << 8
+        pkt = buf[VNET_HDR_LEN:]
+        l4 = _l4(pkt) if off in (6, 16) else None
+        if l4 is None or l4[2] != off or l4[0] != (buf[6] | buf[7] << 8):
+            return None
+        return pkt
+    return buf[VNET_HDR_LEN:]
+
+
 def split(buf: bytes) -> list[bytes]:
     """A packet read from a vnet-header TUN -> plain IP packets with valid checksums."""
     if len(buf) < VNET_HDR_LEN:
