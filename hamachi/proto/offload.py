@@ -155,6 +155,15 @@ def _is_tcp(pkt: bytes) -> bool:
     return l4 is not None and l4[1] == 6
 
 
+def _ipv4_template(hdr: bytearray, ihl: int) -> tuple[int, int]:
+    """Zero the length, id and checksum of an IPv4 header in place -> (original id, folded sum of
+    the rest), from which each segment's checksum is one addition away."""
+    ip_id = int.from_bytes(hdr[4:6], "big")
+    hdr[2:6] = b"\x00\x00\x00\x00"
+    hdr[10:12] = b"\x00\x00"
+    return ip_id, csum_fold(bytes(hdr[:ihl]))
+
+
 def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
     """A TCP super-packet -> MSS-sized segments (IP header checksum valid; TCP checksum left to the receiver)."""
     v = pkt[0] >> 4 if pkt else 0
@@ -179,12 +188,10 @@ def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
     total = len(pkt)
     n = max(1, (total - hlen + mss - 1) // mss)
     pack = struct.pack_into
-    if v == 4:
-        ip_id = int.from_bytes(hdr[4:6], "big")
-        hdr[2:6] = b"\x00\x00\x00\x00"
-        hdr[10:12] = b"\x00\x00"
-        base = csum_fold(bytes(hdr[:ihl]))  # the header without length, id and checksum
+    ip_id, base = _ipv4_template(hdr, ihl) if v == 4 else (0, 0)
     out = []
+    # (The per-segment IPv4 header update below is also in split_udp: inlined on purpose, this
+    # loop runs for every segment of bulk TCP.)
     for i in range(n):
         start = hlen + i * mss
         chunk = pkt[start : start + mss]
@@ -214,11 +221,7 @@ def split_udp(pkt: bytes, size: int) -> list[bytes]:
     hlen = ihl + 8
     hdr = bytearray(pkt[:hlen])
     v4 = pkt[0] >> 4 == 4
-    if v4:
-        ip_id = int.from_bytes(hdr[4:6], "big")
-        hdr[2:6] = b"\x00\x00\x00\x00"
-        hdr[10:12] = b"\x00\x00"
-        base = csum_fold(bytes(hdr[:ihl]))
+    ip_id, base = _ipv4_template(hdr, ihl) if v4 else (0, 0)
     out = []
     pack = struct.pack_into
     for i, start in enumerate(range(hlen, max(len(pkt), hlen + 1), size)):
