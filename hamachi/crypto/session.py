@@ -64,21 +64,10 @@ class Session:
         self.send_counter = c + len(packets)
         return out
 
-    def open(self, datagram: bytes, counter: int) -> bytes | None:
-        """Plaintext, or None when the packet is a replay or fails authentication.
-
-        The caller parsed the header (and so knows `counter`); `replay_drop`
-        tells a replay from a forgery afterwards.
-        """
-        if not self.replay.check(counter):
-            return None
-        try:
-            pt = self._dec(_NONCE.pack(counter), datagram[DATA_HEADER_LEN:], None)
-        except InvalidTag:
-            return None
-        if not self.replay.update(counter):
-            return None
-        return pt
+    def open(self, datagram: bytes) -> bytes | None:
+        """One data message -> its plaintext, or None (a replay, or it failed authentication)."""
+        pts, _, _ = self.open_many([datagram])
+        return pts[0] if pts else None
 
     def open_many(self, datagrams: list[bytes]) -> tuple[list[bytes], int, int]:
         """Open a run of data messages for this session, in order, in one tight loop.

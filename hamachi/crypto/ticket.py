@@ -25,6 +25,11 @@ MAC_LEN = 16
 _BODY = struct.Struct("!B8s32s32sQI")
 
 
+def session_id_of(ticket: bytes) -> bytes:
+    """The session a ticket is for (readable by its holders, who cannot check the MAC); b"" if short."""
+    return ticket[1:9] if len(ticket) >= _BODY.size + 1 + MAC_LEN else b""
+
+
 def shared_key(local: KeyPair, remote_public: bytes) -> bytes:
     """The server-relay ticket key; the same on both sides."""
     secret = dh(local.private, remote_public)

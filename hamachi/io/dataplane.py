@@ -31,7 +31,6 @@ from hamachi.io.udp import UdpSocket
 from hamachi.proto import offload
 from hamachi.proto.tunnel import Tunnel, inner_destination
 from hamachi.wire import relay as R
-from hamachi.wire.transport import TYPE_DATA
 
 REBIND_RETRY = 2.0  # an unbound relay session asks again this often (a relay may drop binds in a burst)
 REBIND_REFRESH = 20.0  # a bound one re-binds this often: keeps the relay session and our NAT mapping
@@ -232,7 +231,7 @@ class DataPlane:
         if link is None:
             self.drops["relay_unknown_session"] += 1
             return
-        self._datagram(msg[9:], link.pseudo, now, inner)
+        self.tunnel.open_batch([msg[9:]], link.pseudo, now, inner, self._other)
 
     def _from_tcp(self, link: RelayLink, now: float) -> None:
         try:
@@ -405,14 +404,6 @@ class DataPlane:
                 self._send(sealed, peer.endpoint)
         batches.clear()
 
-    def _datagram(self, d: bytes, addr, now: float, inner: list[bytes]) -> None:
-        if d and d[0] == TYPE_DATA:
-            r = self.tunnel.open(d, addr, now)
-            if r is not None and r[1]:
-                inner.append(r[1])
-        else:
-            self._other(d, addr, now, inner)
-
     def _other(self, d: bytes, addr, now: float, inner: list[bytes]) -> None:
         """Anything but a data message: a handler the role registered (STUN...), else the core."""
         if d and d[0] in self.extra_handlers:
@@ -446,7 +437,7 @@ class DataPlane:
                     if d and d[0] in (R.TYPE_DATA, R.TYPE_BOUND):
                         self._from_relay(d, now, inner)
                     else:
-                        self._datagram(d, addr, now, inner)
+                        tunnel.open_batch([d], addr, now, inner, self._other)
             else:
                 tunnel.open_batch(datagrams, addr, now, inner, self._other)
             self._write_inner(inner)

@@ -60,7 +60,6 @@ from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import the
 from hamachi.proto.ratelimit import RateLimiter
 from hamachi.wire.codec import DecodeError
 from hamachi.wire.transport import (
-    DATA_HEADER,
     DATA_HEADER_LEN,
     TAG_LEN,
     TYPE_COOKIE,
@@ -250,8 +249,9 @@ class Tunnel:
             return []
         t = datagram[0]
         if t == TYPE_DATA:
-            got = self.open(datagram, addr, now)
-            return [got[1]] if got is not None and got[1] else []
+            inner: list[bytes] = []
+            self.open_batch([datagram], addr, now, inner)
+            return inner
         if t == TYPE_INIT:
             self._on_init(datagram, addr, now)
         elif t == TYPE_RESPONSE:
@@ -262,49 +262,17 @@ class Tunnel:
             self._drop(D.UNKNOWN_TYPE)
         return []
 
-    def open(self, datagram: bytes, addr: Addr, now: float) -> tuple[Peer, bytes] | None:
-        """Authenticate and decrypt one data message; (peer, inner packet) or None (dropped)."""
-        if len(datagram) < DATA_HEADER_LEN + TAG_LEN:
-            self._drop(D.MALFORMED)
-            return None
-        _, receiver, counter = DATA_HEADER.unpack_from(datagram)
-        entry = self._index.get(receiver)
-        if entry is None or not isinstance(entry[1], Session):
-            self._drop(D.UNKNOWN_INDEX)
-            return None
-        peer, s = entry
-        if now - s.created >= self.reject_after:
-            self._drop(D.SESSION_EXPIRED, peer)
-            return None
-        if not s.replay.check(counter):
-            self._drop(D.REPLAY, peer)
-            return None
-        pt = s.open(datagram, counter)
-        if pt is None:
-            self._drop(D.DECRYPT_FAILED, peer)
-            return None
-        if s is peer.next:
-            self._promote_next(peer)
-        peer.last_heard = now
-        peer.endpoint = addr
-        peer.last_received = now
-        peer.unanswered_since = None
-        s.last_received = now
-        if not pt:
-            return peer, pt  # keepalive
-        if not self.router.allowed_source(peer, pt):
-            self._drop(D.SPOOFED_SOURCE, peer)
-            return None
-        peer.rx_bytes += len(pt)
-        peer.rx_packets += 1
-        return peer, pt
+    def _receive_into(self, datagram: bytes, addr: Addr, now: float, inner: list[bytes]) -> None:
+        inner.extend(self.receive(datagram, addr, now))
 
     def open_batch(self, datagrams: list[bytes], addr: Addr, now: float, inner: list[bytes],
-                   other: Callable[[bytes, Addr, float, list[bytes]], None]) -> None:
-        """The receive fast path: datagrams from one source (a GRO batch) -> inner packets appended
-        to `inner`. Runs of data messages for one session are opened in one loop; anything that
-        is not a data message goes to `other` (handshakes, STUN...). Same checks, drops and
-        bookkeeping as `open()`."""
+                   other: Callable[[bytes, Addr, float, list[bytes]], None] | None = None) -> None:
+        """Datagrams from one source (a GRO batch, or just one) -> authenticated inner packets
+        appended to `inner`. Runs of data messages for one session are opened in one loop;
+        anything else goes to `other` (the I/O shell's STUN and the like), by default to
+        `receive()` (handshakes). Keepalives update the peer and add nothing."""
+        if other is None:
+            other = self._receive_into
         n = len(datagrams)
         i = 0
         index, exact = self._index, self.router.exact

@@ -14,12 +14,14 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from typing import Any
 
-from hamachi.config import ClientSettings, StaticPeer
+from hamachi.config import ClientSettings, StaticPeer, parse_endpoint
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.session import AEADS
+from hamachi.crypto.ticket import session_id_of
 from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
 from hamachi.io import stun as stun_io
@@ -55,13 +57,15 @@ def fastest_first(size: int = 1400, count: int = 400) -> tuple[str, ...]:
 
 
 def _parse_hostport(text: str) -> tuple[str, int] | None:
-    host, _, port = text.strip().rpartition(":")
-    return (_resolve(host.strip("[]")), int(port)) if host and port.isdigit() else None
+    """A relay's "host:port" from the server (its config's form) -> a socket address; None if absent."""
+    try:
+        ep = parse_endpoint(text)
+    except ValueError:
+        return None
+    return _resolve(ep.host), ep.port
 
 
 def _resolve(host: str) -> str:
-    import socket
-
     try:
         ipaddress.ip_address(host)
         return host
@@ -200,7 +204,7 @@ class ClientDaemon:
         spray = await self._birthday(p, cands[0] if cands else None)
         for offer in p.relays:
             cands.append(await self._relay(offer, p.side))
-        self.peer_relays[p.public_key] = [bytes.fromhex(c[0][6:]) for c in cands if c[0].startswith("relay:")]
+        self.peer_relays[p.public_key] = [session_id_of(o.ticket) for o in p.relays]
         await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
                                        p.nickname, tuple(cands[1:]), spray))
         log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
@@ -214,9 +218,7 @@ class ClientDaemon:
 
     async def _relay(self, offer, side: int) -> tuple[str, int]:
         """Bind our side of the pair's session at one relay (UDP first, TCP 443 if UDP gets no answer)."""
-        from hamachi.crypto.ticket import MAC_LEN
-
-        sid = offer.ticket[1:9] if len(offer.ticket) > 9 + MAC_LEN else b""
+        sid = session_id_of(offer.ticket)
         link = RelayLink(sid, side, offer.ticket, _parse_hostport(offer.udp), _parse_hostport(offer.tcp))
         link.name = offer.name
         pseudo = await self._in_loop(lambda t, now: self.dataplane.add_relay(link))
@@ -226,8 +228,6 @@ class ClientDaemon:
 
     async def _relay_fallback(self, link: RelayLink) -> None:
         """While the session is not bound over UDP, (re)connect it over TCP; gives up when it is dropped."""
-        import socket
-
         await asyncio.sleep(1.5)
         warned = False
         while await self._in_loop(lambda t, now: self.dataplane.links_by_sid.get(link.sid) is link):
