@@ -182,10 +182,6 @@ class DataPlane:
         return [{"relay": link.name, "session": link.sid.hex(), "bound": link.bound,
                  "transport": "tcp" if link.tcp is not None else "udp"} for link in self.links.values()]
 
-    def relay_bound(self, sid: bytes) -> bool:
-        link = self.links_by_sid.get(sid)
-        return bool(link and link.bound)
-
     def attach_tcp(self, sid: bytes, sock) -> None:
         link = self.links_by_sid.get(sid)
         if link is None:
@@ -348,7 +344,7 @@ class DataPlane:
         """Read what the TUN has (up to TUN_BURST reads), then seal and send per peer: many small
         packets to one peer leave in one GSO sendmsg, not one syscall each."""
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
-        read, single, exact = tun.read, offload.single, tunnel.router.exact
+        read, single = tun.read, offload.single
         batches: dict = {}
         held = 0
         last_dst, last_peer = None, None
@@ -369,16 +365,12 @@ class DataPlane:
                     pkt = multi[0]
             else:
                 pkt = buf
-            if not pkt:
-                self.drops["malformed_inner"] += 1
-                continue
-            dst = pkt[16:20] if pkt[0] >> 4 == 4 and len(pkt) >= 20 else inner_destination(pkt)
+            dst = inner_destination(pkt)
             if dst is None:
                 self.drops["malformed_inner"] += 1
                 continue
-            if dst != last_dst:
-                last_dst = dst
-                last_peer = exact.get(dst) or tunnel.route_peer(dst)
+            if dst != last_dst:  # a burst is mostly for one peer: route once
+                last_dst, last_peer = dst, tunnel.route_peer(dst)
             peer = last_peer
             if peer is None:
                 tunnel.drops["no_route"] += 1

@@ -317,8 +317,9 @@ class Tunnel:
             for pt in pts:
                 if not pt:
                     continue  # keepalive
-                v = pt[0] >> 4
-                src = pt[12:16] if v == 4 else pt[8:24]
+                # The peer's own address (an exact route) decides at once; prefixes and malformed
+                # packets take Router.allowed_source.
+                src = pt[12:16] if pt[0] >> 4 == 4 else pt[8:24]
                 if exact.get(src) is not peer and not self.router.allowed_source(peer, pt):
                     self._drop(D.SPOOFED_SOURCE, peer)
                     continue

@@ -229,9 +229,14 @@ class ClientDaemon:
     async def _relay_fallback(self, link: RelayLink) -> None:
         """While the session is not bound over UDP, (re)connect it over TCP; gives up when it is dropped."""
         await asyncio.sleep(1.5)
+        def needs_tcp(t, now) -> bool | None:  # in the loop thread, which owns the link; None: dropped
+            if self.dataplane.links_by_sid.get(link.sid) is not link:
+                return None
+            return link.tcp is None and not link.bound
+
         warned = False
-        while await self._in_loop(lambda t, now: self.dataplane.links_by_sid.get(link.sid) is link):
-            if link.tcp is None and not await self._in_loop(lambda t, now: self.dataplane.relay_bound(link.sid)):
+        while (need := await self._in_loop(needs_tcp)) is not None:
+            if need:
                 try:
                     sock = await asyncio.to_thread(socket.create_connection, link.tcp_addr, 3.0)
                 except OSError as exc:
