@@ -36,6 +36,10 @@ DEFAULT_KEEPALIVE = 25.0
 DEFAULT_OVERLAY4 = "100.64.0.0/10"
 DEFAULT_INTERFACE = "ham0"
 DEFAULT_RUN_DIR = "/run/hamachi"
+DEFAULT_POOL_SIZE = 8  # PostgreSQL connections per server node
+# A client whose control connection drops and that is back (on any node) within this many
+# seconds is never seen going offline by its peers.
+DEFAULT_PRESENCE_DEBOUNCE = 10.0
 # Never hand out addresses from other people's public blocks (25/8, 5/8).
 FORBIDDEN_OVERLAY4 = (ipaddress.ip_network("25.0.0.0/8"), ipaddress.ip_network("5.0.0.0/8"))
 
@@ -108,6 +112,9 @@ class ClientSettings:
     cipher: str = "auto"
     port_forward: PortForward = PortForward()
     peers: tuple[StaticPeer, ...] = ()
+    # Every control server address, tried in turn (a cluster's nodes); `server` is the first.
+    # A name with several A/AAAA records counts as one address per record.
+    servers: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,10 @@ class ServerSettings:
     api_socket: Path
     login_rate: float = 5.0
     relays: tuple[RelayRef, ...] = ()
+    store_backend: str = "sqlite"  # "sqlite": `database` is a file; "postgresql": `database` is a DSN
+    pool_size: int = DEFAULT_POOL_SIZE
+    node: str = ""  # this node's name in a cluster; "" = host name and process id
+    presence_debounce: float = DEFAULT_PRESENCE_DEBOUNCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +478,19 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
 
     s = ld.section("server")
     server_given = "address" in s.table
-    server = s.endpoint("address", default_port=DEFAULT_CONTROL_PORT)
+    raw_addr = s.get("address", (str, list), None)
+    servers = []
+    for i, item in enumerate(raw_addr if isinstance(raw_addr, list) else [raw_addr] if raw_addr else []):
+        where = f"address[{i}]" if isinstance(raw_addr, list) else "address"
+        if not isinstance(item, str):
+            s.problem(where, f"must be a string, got {_toml_type(item)}")
+            continue
+        ep = s.convert(where, item, lambda r: parse_endpoint(r, DEFAULT_CONTROL_PORT))
+        if ep is not None:
+            servers.append(ep)
+    if isinstance(raw_addr, list) and not raw_addr:
+        s.problem("address", "lists no server")
+    server = servers[0] if servers else None
     server_key = s.public_key("public_key", required=server_given)
     client_stun_port = s.port("stun_port", DEFAULT_STUN_PORT, allow_zero=True)
     s.finish()
@@ -527,7 +550,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         interface=interface, mode=mode,
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
         birthday_sockets=birthday_sockets, birthday_probes=birthday_probes, cipher=cipher,
-        keepalive=keepalive, port_forward=pf, peers=tuple(peers),
+        keepalive=keepalive, port_forward=pf, peers=tuple(peers), servers=tuple(servers),
     )
 
 
@@ -556,16 +579,32 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
         s.problem("public_addresses", "at most two addresses (RFC 5780 needs exactly two)")
     stun_port = s.port("stun_port", DEFAULT_STUN_PORT, allow_zero=True)
     database = s.get("database", str, "state.db")
-    if not database.startswith(("postgresql://", "postgres://")):
-        db_path = Path(database).expanduser()
-        database = str(db_path if db_path.is_absolute() else ld.base / db_path)
     registration = s.choice("registration", "open", ("open", "token"))
     overlay4 = s.convert("overlay_prefix", s.get("overlay_prefix", str, DEFAULT_OVERLAY4), _overlay4,
                          ipaddress.IPv4Network(DEFAULT_OVERLAY4))
     overlay6 = s.convert("overlay_prefix6", s.get("overlay_prefix6", str), _overlay6)
     api_socket = s.path("api_socket", None) or Path(DEFAULT_RUN_DIR) / "server.sock"
     login_rate = s.number("login_rate", 5.0, 0.1, 10000)
+    node = s.get("node", str, "")
+    debounce = s.number("presence_debounce", DEFAULT_PRESENCE_DEBOUNCE, 0, 300)
     s.finish()
+    st = ld.section("store")
+    legacy_pg = database.startswith(("postgresql://", "postgres://"))
+    backend = st.choice("backend", "postgresql" if legacy_pg else "sqlite", ("sqlite", "postgresql"))
+    if backend == "sqlite":
+        if "dsn" in st.table:
+            st.seen.add("dsn")
+            st.problem("dsn", 'is for backend = "postgresql"; SQLite takes `path`')
+        raw = st.get("path", str, "state.db" if legacy_pg else database)
+        db_path = Path(raw).expanduser()
+        database = str(db_path if db_path.is_absolute() else ld.base / db_path)
+    else:
+        database = st.get("dsn", str, database if legacy_pg else None, required=not legacy_pg) or ""
+        if "path" in st.table:
+            st.seen.add("path")
+            st.problem("path", 'is for backend = "sqlite"; PostgreSQL takes `dsn`')
+    pool_size = st.integer("pool_size", DEFAULT_POOL_SIZE, 1, 256)
+    st.finish()
     relays = []
     for r in ld.array("relay"):
         rname = r.get("name", str, "")
@@ -580,6 +619,7 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
         config_path=path, key_file=key_file, key=key, listen=tuple(listen), public_addresses=tuple(pubs),
         stun_port=stun_port, database=database, registration=registration, overlay4=overlay4,
         overlay6=overlay6, api_socket=api_socket, login_rate=login_rate, relays=tuple(relays),
+        store_backend=backend, pool_size=pool_size, node=node, presence_debounce=debounce,
     )
 
 
@@ -641,6 +681,8 @@ def redacted(settings: Any) -> Any:
         cred, _, host = rest.rpartition("@")
         user = cred.split(":", 1)[0]
         return f"{scheme}://{user}:<redacted>@{host}"
+    if isinstance(settings, str) and "password=" in settings:  # a key=value DSN
+        return " ".join("password=<redacted>" if w.startswith("password=") else w for w in settings.split())
     if isinstance(settings, (str, int, float, bool)) or settings is None:
         return settings
     return str(settings)

@@ -58,3 +58,20 @@ def make_lab():
     yield make
     for lab in labs:
         lab.teardown()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL of our own (tests/lab/postgres.py), shared by the session; skipped if absent."""
+    from tests.lab import postgres as pg
+
+    reason = pg.unavailable()
+    if reason:
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg and psycopg_pool are not installed (pip install '.[postgres]')")
+    with pg.ThrowawayPostgres() as server:
+        yield server

@@ -172,3 +172,52 @@ def test_cli_missing_config_file(tmp_path):
     r = _cli("server", "run", "--config", str(tmp_path / "nope.toml"), "--check")
     assert r.returncode == 3
     assert r.stderr.strip() == f"{tmp_path / 'nope.toml'}: file does not exist"
+
+
+def _server(tmp_path: Path, extra: str) -> Path:
+    _key(tmp_path, "server.key")
+    cfg = tmp_path / "server.toml"
+    cfg.write_text('[server]\nkey_file = "server.key"\n' + extra)
+    return cfg
+
+
+def test_store_section(tmp_path):
+    s = C.load_server(_server(tmp_path, ""))
+    assert s.store_backend == "sqlite" and s.database == str(tmp_path / "state.db")
+    assert s.presence_debounce == C.DEFAULT_PRESENCE_DEBOUNCE and s.pool_size == C.DEFAULT_POOL_SIZE
+    s = C.load_server(_server(tmp_path, '[store]\nbackend = "sqlite"\npath = "x/y.db"\n'))
+    assert s.database == str(tmp_path / "x" / "y.db")
+    dsn = "host=/run/pg dbname=hamachi user=hamachi password=hunter2"
+    s = C.load_server(_server(tmp_path, f'node = "n1"\n[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+                                        "pool_size = 4\n"))
+    assert (s.store_backend, s.database, s.pool_size, s.node) == ("postgresql", dsn, 4, "n1")
+    assert "hunter2" not in repr(C.redacted(s))
+    # The old spelling: [server] database = "postgresql://..."
+    s = C.load_server(_server(tmp_path, 'database = "postgresql://u:pw@db/h"\n'))
+    assert s.store_backend == "postgresql" and s.database == "postgresql://u:pw@db/h"
+
+
+@pytest.mark.parametrize("extra, words", [
+    ('[store]\nbackend = "postgresql"\n', "store.dsn: is required"),
+    ('[store]\nbackend = "mysql"\n', "store.backend"),
+    ('[store]\nbackend = "sqlite"\ndsn = "host=x"\n', "store.dsn"),
+    ('[store]\nbackend = "postgresql"\ndsn = "host=x"\npath = "a.db"\n', "store.path"),
+    ('[store]\nbackend = "postgresql"\ndsn = "host=x"\npool_size = 0\n', "store.pool_size"),
+])
+def test_bad_store_section_one_line(tmp_path, extra, words):
+    with pytest.raises(C.ConfigError) as ei:
+        C.load_server(_server(tmp_path, extra))
+    (line,) = ei.value.problems
+    assert words in line
+
+
+def test_client_lists_several_servers(tmp_path):
+    body = GOOD_CLIENT.replace('address = "198.51.100.10:7777"',
+                               'address = ["198.51.100.10:7777", "198.51.100.11", "srv.example.net:443"]')
+    s = C.load_client(_client(tmp_path, body))
+    assert s.servers == (C.Endpoint("198.51.100.10", 7777), C.Endpoint("198.51.100.11", 7777),
+                         C.Endpoint("srv.example.net", 443))
+    assert s.server == s.servers[0]
+    with pytest.raises(C.ConfigError) as ei:
+        C.load_client(_client(tmp_path, GOOD_CLIENT.replace('address = "198.51.100.10:7777"', "address = [1]")))
+    assert "server.address[0]" in ei.value.problems[0]

@@ -14,11 +14,12 @@ from hamachi.wire import control as M
 
 
 class World:
-    def __init__(self, registration="open"):
+    def __init__(self, registration="open", debounce=0.0, node=""):
         self.store = SqliteStore(":memory:", ipaddress.IPv4Network("100.64.0.0/10"),
                                  ipaddress.IPv6Network("fd00:1::/48"))
         self.now = 100.0
-        self.core = ControlServer(self.store, self.now, registration=registration, default_max_members=3)
+        self.core = ControlServer(self.store, self.now, registration=registration, default_max_members=3,
+                                  presence_debounce=debounce, node=node)
         self.keys = {}
         self.inbox: dict[str, list[M.Message]] = {}
         self.req = 0
@@ -223,3 +224,64 @@ def test_relays_ordered_by_the_pair_s_measured_rtt_with_a_ticket_for_each():
         assert {t.peer_a, t.peer_b} == {w.key("alice"), w.key("bob")}
     sids = {Ticket.decode(o.ticket, keys[o.name]).session_id for o in up_a.relays}
     assert len(sids) == 3
+
+
+def test_presence_is_debounced_when_a_client_comes_back_in_time():
+    w = World(debounce=10.0)
+    for n in ("alice", "bob"):
+        w.login(n)
+    w.ask("alice", "create", network="lan")
+    w.ask("bob", "join", network="lan")
+    w.take("alice", M.PeerUp)
+    w.core.disconnect("bob", w.now)  # lost (not a logout)
+    w.now += 9
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert w.take("alice", M.PeerDown) == [] and w.key("bob") in w.core.online
+    w.login("bob")  # back within the debounce: alice never sees bob offline, only his new PeerUp
+    w.now += 5
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert w.take("alice", M.PeerDown) == [] and [u.public_key for u in w.take("alice", M.PeerUp)] == [w.key("bob")]
+    w.core.disconnect("bob", w.now)
+    w.now += 10
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert [(d.public_key, d.reason) for d in w.take("alice", M.PeerDown)] == [(w.key("bob"), "lost")]
+    w.ask("alice", "bye")  # a logout is never held back
+    assert w.key("alice") not in w.core.online
+
+
+def test_cluster_events_fan_out_once_and_deliver_remotely():
+    """Node 1's core with a member online on node 2: what node 1 computes for it goes to the bus."""
+    w = World(debounce=10.0, node="n1")
+    w.login("alice")
+    w.ask("alice", "create", network="lan")
+    w.core.cluster_outbox()
+    bob = KeyPair.generate()
+    w.keys["bob"] = bob
+    w.store.register_client(bob.public, "bob", w.now)
+    w.store.set_member("lan", bob.public, "member")
+    # Node 2 says bob came online there (it already sent alice's PeerUp through the bus).
+    w.core.cluster_event(("up", bob.public, "n2", {"nickname": "bob", "endpoint": "203.0.113.5:41641",
+                                                   "report": {}}), w.now)
+    assert w.core.online[bob.public].node == "n2"
+    w.ask("alice", "nick", nickname="alicia")  # computed here once; bob's Delta leaves through the bus
+    out = w.core.cluster_outbox()
+    assert [(e[0], e[1], e[2], type(e[3]).__name__) for e in out] == [("msg", "n2", bob.public, "Delta")]
+    # Something node 2 computed for alice arrives as a message: a Delta takes alice's own sequence.
+    seq = max(m.seq for m in w.inbox["alice"] if isinstance(m, (M.Netmap, M.Delta)))
+    w.core.cluster_event(("msg", w.key("alice"), M.Delta(999, ())), w.now)
+    w.flush()
+    assert [d.seq for d in w.take("alice", M.Delta)][-1] == seq + 1
+    # Node 2 dies; we adopt bob: he lingers, and only after the debounce alice hears he is lost.
+    w.core.cluster_event(("node_dead", "n2", "n1"), w.now)
+    w.now += 9
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert w.take("alice", M.PeerDown) == []
+    w.now += 2
+    w.core.handle_timer(w.now)
+    w.flush()
+    assert [d.reason for d in w.take("alice", M.PeerDown)] == ["lost"]
+    assert ("down", bob.public, "lost") in w.core.cluster_outbox()

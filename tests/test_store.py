@@ -1,13 +1,18 @@
-"""The SQLite store: migrations, WAL, foreign keys, stable addresses, one transaction per change."""
+"""Both stores, one suite: migrations, stable unique addresses, cascades, one transaction per change.
+
+Every test runs against SQLite (a file) and against PostgreSQL (a fresh
+database in the session's throwaway cluster, see tests/lab/postgres.py).
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
+import threading
 
 import pytest
 
 from hamachi.crypto.keys import KeyPair
+from hamachi.store import open_store
 from hamachi.store.protocol import NetworkRecord, StoreError
 from hamachi.store.sqlite import SqliteStore
 
@@ -15,31 +20,74 @@ V4 = ipaddress.IPv4Network("100.64.0.0/10")
 V6 = ipaddress.IPv6Network("fd00:1::/48")
 
 
-def test_schema_pragmas_and_reopen(tmp_path):
-    path = str(tmp_path / "s.db")
-    s = SqliteStore(path, V4, V6)
-    assert s.schema_version() == 1
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request, tmp_path):
+    """make() -> a store; make() again -> the same database reopened (after close)."""
+    if request.param == "sqlite":
+        where = str(tmp_path / "s.db")
+    else:
+        where = request.getfixturevalue("postgres").new_database()
+    opened = []
+
+    def make():
+        s = open_store(request.param, where, V4, V6, pool_size=4)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        try:
+            s.close()
+        except Exception:
+            pass
+
+
+def test_sqlite_pragmas(tmp_path):
+    s = SqliteStore(str(tmp_path / "s.db"), V4, V6)
     assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_schema_and_reopen(make_store):
+    s = make_store()
+    version = s.schema_version()
+    assert version >= 1
     k = KeyPair.generate().public
     c = s.register_client(k, "alice", 1.0)
     s.close()
-    s2 = SqliteStore(path, V4, V6)  # migrations run once; data is still there
-    assert s2.schema_version() == 1
+    s2 = make_store()  # migrations run once; data is still there
+    assert s2.schema_version() == version
     assert s2.get_client(k) == c
     assert s2.register_client(k, "renamed", 2.0).address4 == c.address4  # stable across logins
 
 
-def test_addresses_are_unique_and_in_the_prefix(tmp_path):
-    s = SqliteStore(":memory:", V4, V6)
+def test_addresses_are_unique_and_in_the_prefix(make_store):
+    s = make_store()
     recs = [s.register_client(KeyPair.generate().public, f"c{i}", 0.0) for i in range(50)]
     assert len({r.address4 for r in recs}) == 50 and len({r.address6 for r in recs}) == 50
     assert all(ipaddress.ip_address(r.address4) in V4 for r in recs)
     assert all(ipaddress.ip_address(r.address6) in V6 for r in recs)
 
 
-def test_network_lifecycle_and_cascade():
-    s = SqliteStore(":memory:", V4, V6)
+def test_concurrent_registrations_never_share_an_address(make_store):
+    """Two stores on one database (two cluster nodes) registering at once."""
+    stores = [make_store(), make_store()]
+    got: list = []
+
+    def work(s):
+        got.extend(s.register_client(KeyPair.generate().public, "x", 0.0) for _ in range(20))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.address4 for r in got}) == 40
+
+
+def test_network_lifecycle_and_cascade(make_store):
+    s = make_store()
     a, b = (s.register_client(KeyPair.generate().public, n, 0.0).public_key for n in ("a", "b"))
     s.create_network(NetworkRecord("lan", a, None, "tun", False, False, 10))
     with pytest.raises(StoreError, match="taken"):
@@ -47,20 +95,39 @@ def test_network_lifecycle_and_cascade():
     s.set_member("lan", b, "pending")
     s.set_member("lan", b, "member")
     assert [(m.public_key, m.state) for m in s.members("lan")] == [(a, "member"), (b, "member")]
+    assert [(m.public_key, c.nickname) for m, c in s.member_clients("lan")] == [(a, "a"), (b, "b")]
+    s.update_network("lan", locked=True, owner=b)
+    n = s.get_network("lan")
+    assert n.locked and n.owner == b and not n.approval and n.max_members == 10
+    s.remove_member("lan", a)
+    assert [m.network for m in s.memberships(b)] == ["lan"] and s.memberships(a) == []
     s.delete_network("lan")
-    assert s.members("lan") == [] and s.memberships(b) == []
+    assert s.members("lan") == [] and s.memberships(b) == [] and s.get_network("lan") is None
 
 
-def test_failed_transaction_changes_nothing():
-    s = SqliteStore(":memory:", V4, V6)
+def test_nickname_and_password_hash_round_trip(make_store):
+    s = make_store()
     a = s.register_client(KeyPair.generate().public, "a", 0.0).public_key
-    with pytest.raises(sqlite3.IntegrityError):
-        s.set_member("no-such-network", a, "member")  # foreign key violation
+    s.set_nickname(a, "ä-new")
+    assert s.get_client(a).nickname == "ä-new"
+    s.create_network(NetworkRecord("pw", a, b"\x00hash\xff", "tap", False, True, 3))
+    assert s.get_network("pw") == NetworkRecord("pw", a, b"\x00hash\xff", "tap", False, True, 3)
+
+
+def test_failed_transaction_changes_nothing(make_store):
+    s = make_store()
+    a = s.register_client(KeyPair.generate().public, "a", 0.0).public_key
+    with pytest.raises(StoreError, match="no network"):
+        s.set_member("no-such-network", a, "member")  # foreign key violation, rolled back
     assert s.memberships(a) == []
+    with pytest.raises(StoreError, match="taken"):  # owner row is inserted only if the network is
+        s.create_network(NetworkRecord("x", a, None, "tun", False, False, 10))
+        s.create_network(NetworkRecord("x", a, None, "tun", False, False, 10))
+    assert [m.network for m in s.memberships(a)] == ["x"]
 
 
-def test_tokens_are_one_time_and_expire():
-    s = SqliteStore(":memory:", V4, V6)
+def test_tokens_are_one_time_and_expire(make_store):
+    s = make_store()
     s.add_token(b"h1", expires=100.0)
     assert s.use_token(b"h1", 50.0) and not s.use_token(b"h1", 50.0)
     s.add_token(b"h2", expires=100.0)

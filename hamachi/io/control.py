@@ -1,6 +1,10 @@
 """Control connections over TCP: Noise IK handshake, then length-prefixed encrypted frames.
 
 Server side: `ControlListener` feeds a `proto.control_server.ControlServer`.
+Every call into that core runs on one worker thread (`CoreThread`), because
+the core calls the store, and store calls (SQLite fsyncs, PostgreSQL round
+trips) must never block the event loop; Noise handshakes run in a small
+thread pool (libsodium releases the GIL), so logins use every core.
 Client side: `ControlClient` keeps one connection up (reconnecting with
 backoff), and hands presence events to callbacks. Framing and the handshake
 are in wire/control.py; all decisions are in proto/.
@@ -12,8 +16,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from hamachi import __version__
 from hamachi.crypto.keys import KeyPair
@@ -59,17 +65,58 @@ class _Stream:
             self.writer.close()
 
 
+class CoreThread:
+    """Runs every call into a ControlServer on one worker thread, in order.
+
+    `call(fn, *args)` returns fn's result; what the call made the core send
+    goes to `deliver(outbox)` and `publish(cluster_outbox)` on the loop, in
+    the order the calls ran.
+    """
+
+    def __init__(self, core: ControlServer, deliver: Callable[[list], None]):
+        self.core = core
+        self.deliver = deliver
+        self.publish: Callable[[list], None] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hamachi-core")
+
+    def _run(self, fn, args):
+        result = fn(*args)
+        return result, self.core.outbox(), self.core.cluster_outbox()
+
+    async def call(self, fn, *args):
+        result, out, cluster = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
+        if out:
+            self.deliver(out)
+        if cluster and self.publish is not None:
+            self.publish(cluster)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _respond(local: KeyPair, msg1: bytes):
+    """The responder's half of Noise IK (4 X25519 operations): run off the loop."""
+    hs = NoiseIK.responder(local, PROLOGUE)
+    hs.read_message(msg1)
+    msg2 = hs.write_message(b"")
+    send, recv = hs.split()
+    return hs.remote_static, msg2, send, recv
+
+
 class ControlListener:
     """Accepts control connections for a ControlServer core."""
 
-    def __init__(self, core: ControlServer, local: KeyPair):
+    def __init__(self, core: ControlServer, local: KeyPair, handshake_threads: int = 2):
         self.core = core
         self.local = local
+        self.runner = CoreThread(core, self.flush)
         self.streams: dict[int, _Stream] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.drops: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.Task | None = None
+        self._crypto = ThreadPoolExecutor(handshake_threads, thread_name_prefix="hamachi-noise")
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -82,11 +129,10 @@ class ControlListener:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.core.handle_timer(time.monotonic())
-            self.flush()
+            await self.runner.call(self.core.handle_timer, time.monotonic())
 
-    def flush(self) -> None:
-        for conn_id, msg in self.core.outbox():
+    def flush(self, outbox: list) -> None:
+        for conn_id, msg in outbox:
             st = self.streams.get(conn_id)
             if st is None:
                 continue
@@ -100,8 +146,7 @@ class ControlListener:
             elif st.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 # A client that does not read must not make the server hoard memory.
                 self._drop("slow_reader")
-                self.core.disconnect(conn_id, time.monotonic())
-                self._forget(conn_id)
+                self._forget(conn_id)  # its reader ends and tells the core
 
     def _forget(self, conn_id: int) -> None:
         st = self.streams.pop(conn_id, None)
@@ -113,10 +158,9 @@ class ControlListener:
         conn_id = next(self._ids)
         try:
             msg1 = await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT)
-            hs = NoiseIK.responder(self.local, PROLOGUE)
-            hs.read_message(msg1)
-            writer.write(M.frame(hs.write_message(b"")))
-            send, recv = hs.split()
+            remote, msg2, send, recv = await asyncio.get_running_loop().run_in_executor(
+                self._crypto, _respond, self.local, msg1)
+            writer.write(M.frame(msg2))
         except (TimeoutError, HandshakeError, FrameError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             # Unauthenticated: close silently, never answer.
             self._drop("bad_handshake")
@@ -124,28 +168,26 @@ class ControlListener:
             return
         st = _Stream(reader, writer, send, recv)
         self.streams[conn_id] = st
-        if not self.core.connect(conn_id, hs.remote_static, (peer[0], peer[1]), time.monotonic()):
-            self.flush()
+        if not await self.runner.call(self.core.connect, conn_id, remote, (peer[0], peer[1]), time.monotonic()):
             self._forget(conn_id)
             return
-        reason = "lost"
         try:
             while conn_id in self.streams:
                 try:
                     msg = await st.read()
                 except (DecodeError, HandshakeError, FrameError) as exc:
                     self._drop("malformed")
-                    self.core._out.append((conn_id, M.Close(f"malformed message: {exc}")))
+                    with contextlib.suppress(Exception):
+                        st.write(M.Close(f"malformed message: {exc}"))
                     break
-                self.core.receive(conn_id, msg, time.monotonic())
-                self.flush()
+                await self.runner.call(self.core.receive, conn_id, msg, time.monotonic())
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self.flush()
-            self.core.disconnect(conn_id, time.monotonic(), reason=reason)
-            self.flush()
-            self._forget(conn_id)
+            try:
+                await self.runner.call(self.core.disconnect, conn_id, time.monotonic(), "lost")
+            finally:
+                self._forget(conn_id)
 
     async def close(self) -> None:
         if self._timer:
@@ -154,18 +196,24 @@ class ControlListener:
             s.close()
         for conn_id in list(self.streams):
             self._forget(conn_id)
+        self._crypto.shutdown(wait=False, cancel_futures=True)
 
 
 class ControlClient:
     """The client's side: connect, log in, keep the netmap, turn presence into callbacks."""
 
-    def __init__(self, local: KeyPair, server: tuple[str, int], server_key: bytes, nickname: str,
+    def __init__(self, local: KeyPair, server: tuple[str, int] | list[tuple[str, int]], server_key: bytes,
+                 nickname: str,
                  listen_port: Callable[[], int], *,
                  on_welcome: Callable[[M.Welcome], Awaitable[None]],
                  on_peer_up: Callable[[M.PeerUp], Awaitable[None]],
                  on_peer_down: Callable[[M.PeerDown], Awaitable[None]],
                  token: str = "", report: Callable[[], dict] | None = None):
-        self.local, self.server, self.server_key, self.nickname = local, server, server_key, nickname
+        # Several addresses (a cluster's nodes, or one name with several records): each new session
+        # tries the next one, so a client whose node died is on another one at its first retry.
+        self.servers = list(server) if isinstance(server, list) else [server]
+        self.local, self.server, self.server_key, self.nickname = local, self.servers[0], server_key, nickname
+        self._attempt = 0
         self.listen_port = listen_port
         self.on_welcome, self.on_peer_up, self.on_peer_down = on_welcome, on_peer_up, on_peer_down
         self.token = token
@@ -198,7 +246,25 @@ class ControlClient:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
+    async def _next_server(self) -> tuple[str, int]:
+        addrs: list[tuple[str, int]] = []
+        loop = asyncio.get_running_loop()
+        for host, port in self.servers:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                continue
+            for *_, sa in infos:
+                if (sa[0], port) not in addrs:
+                    addrs.append((sa[0], port))
+        if not addrs:
+            raise OSError(f"cannot resolve the server address {', '.join(h for h, _ in self.servers)}")
+        pick = addrs[self._attempt % len(addrs)]
+        self._attempt += 1
+        return pick
+
     async def _session(self) -> None:
+        self.server = await self._next_server()
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.server, limit=M.MAX_FRAME + 2),
                                                 HANDSHAKE_TIMEOUT)
         try:

@@ -17,11 +17,27 @@ Presence: when a member comes online, every online member sharing a network
 with it gets PeerUp (key, addresses, endpoint) and it gets PeerUp for each of
 them. Leaving, eviction or logout sends PeerDown to members that no longer
 share any network with it. Clients that share no network never learn of each
-other.
+other. A lost connection is debounced: the member stays online ("lingering")
+for `presence_debounce` seconds, and if it logs in again meanwhile (on this
+node or another) its peers never see it go offline.
+
+Cluster (N nodes, one database): `online` holds every member online anywhere.
+Members on other nodes are `Conn`s with `node` set and no stream; what is
+sent to them comes out of `cluster_outbox()` as ("msg", node, key, message)
+for the I/O shell to forward, and presence changes as ("up", key, info) and
+("down", key, reason). The node where a change happens computes everything
+about it once (peers, relay tickets, deltas); the other nodes only deliver,
+fed through `cluster_event()`:
+
+    up(key, node, info)      key is online on node (replaces any local or lingering conn)
+    down(key, node)          key went offline there (its PeerDowns were already sent)
+    msg(key, message)        deliver to our local conn for key (a Delta gets our seq)
+    node_dead(node, adopter) the adopter takes that node's members over as lingering
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -61,6 +77,12 @@ class Conn:
     last_seen: float = 0.0
     seq: int = 0
     report: dict = field(default_factory=dict)
+    node: str = ""  # "" = a stream on this node; else the cluster node the member is on
+    lost_at: float | None = None  # lingering: the stream is gone, PeerDown is held back until debounce
+
+    @property
+    def local(self) -> bool:
+        return not self.node and self.lost_at is None
 
 
 class RequestRefused(Exception):
@@ -78,8 +100,10 @@ class ControlServer:
     def __init__(self, store: Store, now: float, *, registration: str = "open", default_max_members: int = 256,
                  prefix4: int = 10, prefix6: int = 48, login_rate: float = 5.0,
                  hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0,
-                 relays: tuple[RelayInfo, ...] = ()):
+                 relays: tuple[RelayInfo, ...] = (), presence_debounce: float = 0.0, node: str = ""):
         self.store = store
+        self.presence_debounce = presence_debounce
+        self.node = node
         self.relays = relays
         self.now = now
         self.wall_offset = wall_offset  # token expiry is wall-clock time; `now` is monotonic
@@ -90,6 +114,7 @@ class ControlServer:
         self.conns: dict[object, Conn] = {}
         self.online: dict[bytes, Conn] = {}
         self._out: list[tuple[object, M.Message]] = []
+        self._cluster_out: list[tuple] = []
         self._login_limit = RateLimiter(rate=login_rate, burst=max(1.0, login_rate * 2))
         self.hash_token = hash_token or pw.hash_token
         self.stats = {"logins": 0, "refused_logins": 0, "protocol_errors": 0, "lost": 0}
@@ -99,8 +124,16 @@ class ControlServer:
         out, self._out = self._out, []
         return out
 
+    def cluster_outbox(self) -> list[tuple]:
+        out, self._cluster_out = self._cluster_out, []
+        return out
+
     def _send(self, conn: Conn, msg: M.Message) -> None:
-        self._out.append((conn.id, msg))
+        if conn.node:
+            self._cluster_out.append(("msg", conn.node, conn.public_key, msg))
+        elif conn.lost_at is None:
+            self._out.append((conn.id, msg))
+        # lingering: nobody to tell; it gets a fresh Netmap and PeerUps when it is back
 
     def _close(self, conn: Conn, reason: str, now: float) -> None:
         self._out.append((conn.id, M.Close(reason)))
@@ -121,19 +154,70 @@ class ControlServer:
         if conn is None:
             return
         if self.online.get(conn.public_key) is conn:
-            del self.online[conn.public_key]
             if reason == "lost":
                 self.stats["lost"] += 1
-            for other in self._peers_of(conn.public_key):
-                oc = self.online.get(other)
-                if oc is not None:
-                    self._send(oc, M.PeerDown(conn.public_key, reason))
-            self._push_networks(conn.public_key, [m.network for m in self.store.memberships(conn.public_key)])
+                if self.presence_debounce > 0:
+                    conn.lost_at = now  # lingering; handle_timer finishes it unless it is back in time
+                    return
+            self._went_offline(conn, reason)
+
+    def _went_offline(self, conn: Conn, reason: str) -> None:
+        del self.online[conn.public_key]
+        for other in self._peers_of(conn.public_key):
+            oc = self.online.get(other)
+            if oc is not None:
+                self._send(oc, M.PeerDown(conn.public_key, reason))
+        self._push_networks(conn.public_key, [m.network for m in self.store.memberships(conn.public_key)])
+        self._cluster_out.append(("down", conn.public_key, reason))
 
     def handle_timer(self, now: float) -> None:
+        self.now = now
         for conn in list(self.conns.values()):
             if now - conn.last_seen > IDLE_TIMEOUT:
                 self._close(conn, "keepalive timeout", now)
+        for conn in [c for c in self.online.values() if c.lost_at is not None and not c.node]:
+            if now - conn.lost_at >= self.presence_debounce:
+                self._went_offline(conn, "lost")
+
+    # -- the cluster ---------------------------------------------------------------
+    def presence_info(self, conn: Conn) -> dict:
+        return {"nickname": conn.nickname, "endpoint": conn.endpoint, "report": conn.report}
+
+    def cluster_event(self, event: tuple, now: float) -> None:
+        """Apply a change another node made (see the module docstring)."""
+        self.now = now
+        kind = event[0]
+        if kind == "up":
+            _, key, node, info = event
+            old = self.online.get(key)
+            if old is not None and not old.node and old.lost_at is None:
+                # It logged in on another node: this stream is stale. No PeerDown: it is online.
+                self._out.append((old.id, M.Close("logged in from elsewhere")))
+                self.conns.pop(old.id, None)
+            self.online[key] = Conn(None, key, ("", 0), phase="sync", nickname=str(info.get("nickname", "")),
+                                    endpoint=str(info.get("endpoint", "")), report=dict(info.get("report", {})),
+                                    node=node, last_seen=now)
+        elif kind == "down":
+            _, key, node = event
+            oc = self.online.get(key)
+            if oc is not None and oc.node == node:
+                del self.online[key]
+        elif kind == "msg":
+            _, key, msg = event
+            oc = self.online.get(key)
+            if oc is not None and oc.local:
+                if isinstance(msg, M.Delta):
+                    oc.seq += 1
+                    msg = dataclasses.replace(msg, seq=oc.seq)
+                self._send(oc, msg)
+        elif kind == "node_dead":
+            _, dead, adopter = event
+            for oc in self.online.values():
+                if oc.node == dead:
+                    if adopter == self.node:
+                        oc.node, oc.lost_at = "", now  # ours to finish after the debounce
+                    else:
+                        oc.node = adopter
 
     # -- messages ------------------------------------------------------------------
     def receive(self, conn_id: object, msg: M.Message, now: float) -> None:
@@ -178,8 +262,10 @@ class ControlServer:
             self.store.set_nickname(conn.public_key, nickname)
         old = self.online.get(conn.public_key)
         if old is not None and old is not conn:  # the same client logged in again: the old stream is stale
-            self._out.append((old.id, M.Close("logged in from elsewhere")))
-            self.conns.pop(old.id, None)
+            if old.local:
+                self._out.append((old.id, M.Close("logged in from elsewhere")))
+                self.conns.pop(old.id, None)
+            # A lingering or remote entry just goes: its peers never saw it leave.
             del self.online[conn.public_key]
         conn.nickname = nickname
         conn.phase = "discovery"
@@ -198,6 +284,7 @@ class ControlServer:
         conn.endpoint = ",".join(cands)
         conn.phase = "sync"
         self.online[conn.public_key] = conn
+        self._cluster_out.append(("up", conn.public_key, self.presence_info(conn)))
         self._send_netmap(conn)
         for other in self._peers_of(conn.public_key):
             oc = self.online.get(other)
@@ -210,8 +297,7 @@ class ControlServer:
     # -- netmap -------------------------------------------------------------------
     def _member_info(self, network: str) -> tuple[M.MemberInfo, ...]:
         out = []
-        for m in self.store.members(network):
-            c = self.store.get_client(m.public_key)
+        for m, c in self.store.member_clients(network):
             oc = self.online.get(m.public_key)
             out.append(M.MemberInfo(m.public_key, c.nickname, c.address4, c.address6, m.state,
                                     int(oc is not None), oc.endpoint if oc else ""))
@@ -343,8 +429,7 @@ class ControlServer:
 
     def _member_arg(self, net: NetworkRecord, req: M.Request) -> bytes:
         who = req.arg("member")
-        for m in self.store.members(net.name):
-            c = self.store.get_client(m.public_key)
+        for m, c in self.store.member_clients(net.name):
             if who in (encode_key(m.public_key), c.nickname, c.address4):
                 return m.public_key
         raise RequestRefused(f"{who!r} is not a member of {net.name!r}")

@@ -123,7 +123,7 @@ class ClientDaemon:
         self.overlay = addrs
         if s.server is not None:
             self.control = ControlClient(
-                s.key, (_resolve(s.server.host), s.server.port), s.server_key, s.name, lambda: self.udp.port,
+                s.key, [(ep.host, ep.port) for ep in s.servers], s.server_key, s.name, lambda: self.udp.port,
                 on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
                 report=self._discovery_report)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",

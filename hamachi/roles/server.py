@@ -1,11 +1,17 @@
-"""Composition root for the control server: config + store + control listener + local API."""
+"""Composition root for the control server: config + store + control listener + local API.
+
+With `[store] backend = "postgresql"` the node also joins the cluster bus
+(io/cluster.py): every node of one database is one logical server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
+import socket
 import time
 
 from hamachi.config import ServerSettings
@@ -15,7 +21,8 @@ from hamachi.io import localapi
 from hamachi.io.control import ControlListener
 from hamachi.io.stun import StunService
 from hamachi.proto.control_server import ControlServer, RelayInfo
-from hamachi.store.sqlite import open_store
+from hamachi.store import open_store
+from hamachi.store.protocol import StoreError
 
 log = logging.getLogger("hamachi.server")
 TOKEN_LIFETIME = 7 * 86400.0
@@ -25,30 +32,39 @@ class ServerDaemon:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         s = settings
-        self.store = open_store(s.database, s.overlay4, s.overlay6)
+        self.store = open_store(s.store_backend, s.database, s.overlay4, s.overlay6, pool_size=s.pool_size)
+        self.node = s.node or f"{socket.gethostname()}-{os.getpid()}"
         self.core = ControlServer(self.store, time.monotonic(), registration=s.registration,
                                   prefix4=s.overlay4.prefixlen, prefix6=s.overlay6.prefixlen if s.overlay6 else 48,
                                   login_rate=s.login_rate, wall_offset=time.time() - time.monotonic(),
                                   relays=tuple(RelayInfo(r.name, str(r.udp), str(r.tcp) if r.tcp else "",
-                                                         shared_key(s.key, r.public_key)) for r in s.relays))
+                                                         shared_key(s.key, r.public_key)) for r in s.relays),
+                                  presence_debounce=s.presence_debounce, node=self.node)
         self.listener = ControlListener(self.core, s.key)
         self.stun: StunService | None = None
+        self.cluster = None
 
     async def _api_status(self, args: dict) -> dict:
         return {"public_key": self.settings.key.public_text(),
                 "listen": [str(e) for e in self.settings.listen],
                 "online": len(self.core.online), "connections": len(self.core.conns),
                 "stats": self.core.stats, "drops": self.listener.drops,
+                "store": self.settings.store_backend, "node": self.node,
+                "cluster": None if self.cluster is None else dict(self.cluster.stats),
                 "stun": None if self.stun is None else {"answered": self.stun.responder.answered,
                                                         "drops": dict(self.stun.responder.drops)}}
 
     async def _api_token(self, args: dict) -> dict:
         token = secrets.token_urlsafe(24)
         # Wall-clock expiry: tokens outlive server restarts.
-        self.store.add_token(pw.hash_token(token), time.time() + TOKEN_LIFETIME)
+        await self.listener.runner.call(self.store.add_token, pw.hash_token(token), time.time() + TOKEN_LIFETIME)
         return {"token": token, "expires_in_days": TOKEN_LIFETIME / 86400}
 
     async def serve(self) -> None:
+        if self.settings.store_backend == "postgresql":
+            from hamachi.io.cluster import ClusterBus
+
+            self.cluster = await ClusterBus(self.settings.database, self.node, self.listener.runner).start()
         for ep in self.settings.listen:
             await self.listener.listen(ep.host, ep.port)
         log.info("control server listening on %s", ", ".join(map(str, self.settings.listen)))
@@ -66,10 +82,17 @@ class ServerDaemon:
             stun.close()
         api.close()
         await self.listener.close()
+        if self.cluster is not None:
+            await self.cluster.close()
+        self.listener.runner.close()
 
 
 def run(settings: ServerSettings) -> int:
-    daemon = ServerDaemon(settings)
+    try:
+        daemon = ServerDaemon(settings)
+    except StoreError as exc:
+        log.error("cannot open the %s store: %s", settings.store_backend, exc)
+        return 1
     try:
         asyncio.run(daemon.serve())
     finally:

@@ -1,8 +1,9 @@
 """What the control server needs from its state store. SQLite and PostgreSQL implement it.
 
 Every method is one transaction: when it returns, the change is durable
-(SQLite WAL with synchronous=FULL), so a change acknowledged to a client
-survives kill -9 of the server.
+(SQLite WAL with synchronous=FULL; a PostgreSQL commit), so a change
+acknowledged to a client survives kill -9 of the server. Methods block:
+the server calls them from its core thread, never from the event loop.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Store(Protocol):
     def delete_network(self, name: str) -> None: ...
 
     def members(self, network: str) -> list[MemberRecord]: ...
+    def member_clients(self, network: str) -> list[tuple[MemberRecord, ClientRecord]]: ...
     def memberships(self, public_key: bytes) -> list[MemberRecord]: ...
     def set_member(self, network: str, public_key: bytes, state: str) -> None: ...
     def remove_member(self, network: str, public_key: bytes) -> None: ...

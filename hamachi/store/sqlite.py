@@ -162,15 +162,24 @@ class SqliteStore:
                                 "ORDER BY rowid", (network,)).fetchall()
         return [MemberRecord(*r) for r in rows]
 
+    def member_clients(self, network: str) -> list[tuple[MemberRecord, ClientRecord]]:
+        rows = self._db.execute("SELECT m.network, m.state, c.public_key, c.nickname, c.address4, c.address6, "
+                                "c.created FROM members m JOIN clients c ON c.public_key = m.public_key "
+                                "WHERE m.network = ? ORDER BY m.rowid", (network,)).fetchall()
+        return [(MemberRecord(r[0], r[2], r[1]), ClientRecord(*r[2:])) for r in rows]
+
     def memberships(self, public_key: bytes) -> list[MemberRecord]:
         rows = self._db.execute("SELECT network, public_key, state FROM members WHERE public_key = ? "
                                 "ORDER BY network", (public_key,)).fetchall()
         return [MemberRecord(*r) for r in rows]
 
     def set_member(self, network: str, public_key: bytes, state: str) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO members VALUES (?, ?, ?) ON CONFLICT (network, public_key) "
-                       "DO UPDATE SET state = excluded.state", (network, public_key, state))
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO members VALUES (?, ?, ?) ON CONFLICT (network, public_key) "
+                           "DO UPDATE SET state = excluded.state", (network, public_key, state))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"no network named {network!r}") from exc
 
     def remove_member(self, network: str, public_key: bytes) -> None:
         with self._tx() as db:
@@ -178,9 +187,3 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-def open_store(database: str, overlay4, overlay6):
-    if database.startswith(("postgresql://", "postgres://")):
-        raise StoreError("the PostgreSQL store is not built yet; use a SQLite path")
-    return SqliteStore(database, overlay4, overlay6)
