@@ -16,6 +16,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from hamachi._accel import fast
 from hamachi.crypto.replay import ReplayWindow
 from hamachi.wire.transport import DATA_HEADER, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA
 
@@ -31,34 +32,42 @@ REJECT_AFTER_MESSAGES = 2**60
 
 
 class Session:
-    """One direction pair of keys, with its indices, counter and replay window."""
+    """One direction pair of keys, with its indices, counter and replay window.
+
+    With the C fast path (hamachi._accel) seal_many/open_many and the replay window run in C;
+    the methods below are their pure-Python twins (same bytes, same counts)."""
 
     __slots__ = ("local_index", "remote_index", "created", "initiator", "send_counter", "replay",
-                 "_enc", "_dec", "_hdr", "last_received", "last_sent", "aead")
+                 "_enc", "_dec", "_hdr", "last_received", "last_sent", "aead", "_c_seal", "_c_open")
 
     def __init__(self, send_key: bytes, recv_key: bytes, local_index: int, remote_index: int,
-                 created: float, initiator: bool, aead: str = "chacha20poly1305"):
+                 created: float, initiator: bool, aead: str = "chacha20poly1305", c: bool = True):
         cls = AEADS[aead]
         self.aead = aead
         self._enc = cls(send_key).encrypt
         self._dec = cls(recv_key).decrypt
+        self._c_seal = self._c_open = None
+        if c and fast is not None:
+            self._c_seal = fast.Aead(AEAD_IDS[aead], send_key).seal_many
+            self._c_open = fast.Aead(AEAD_IDS[aead], recv_key).open_many
         self.local_index = local_index
         self.remote_index = remote_index
         self.created = created
         self.initiator = initiator
         self.send_counter = 0
-        self.replay = ReplayWindow()
+        self.replay = fast.Replay() if self._c_open is not None else ReplayWindow()
         self.last_received = created
         self.last_sent = created
 
     def seal(self, plaintext: bytes) -> bytes:
-        c = self.send_counter
-        self.send_counter = c + 1
-        return DATA_HEADER.pack(_PREFIX, self.remote_index, c) + self._enc(_NONCE.pack(c), plaintext, None)
+        return self.seal_many([plaintext])[0]
 
     def seal_many(self, packets: list[bytes]) -> list[bytes]:
         """Seal each packet on its own (one lost datagram loses one packet, never a batch)."""
         c = self.send_counter
+        if self._c_seal is not None:
+            self.send_counter = c + len(packets)
+            return self._c_seal(_PREFIX, self.remote_index, c, packets)
         enc, hdr, nonce, prefix, ri = self._enc, DATA_HEADER.pack, _NONCE.pack, _PREFIX, self.remote_index
         out = [hdr(prefix, ri, c + i) + enc(nonce(c + i), p, None) for i, p in enumerate(packets)]
         self.send_counter = c + len(packets)
@@ -74,6 +83,8 @@ class Session:
 
         Returns (plaintexts of those that authenticated and were new, replays, forgeries).
         """
+        if self._c_open is not None:
+            return self._c_open(datagrams, self.replay)
         replay, dec, nonce, counter_of = self.replay, self._dec, _NONCE.pack, _COUNTER.unpack_from
         out: list[bytes] = []
         replays = forged = 0

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import struct
 
+from hamachi._accel import fast
+
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = 10
 F_NEEDS_CSUM = 1
@@ -136,7 +138,7 @@ def _l4(pkt: bytes) -> tuple[int, int, int] | None:
     if b0 >> 4 == 4:
         proto = pkt[9]
         ihl = (b0 & 0x0F) * 4
-        if pkt[6] & 0x3F or pkt[7]:
+        if ihl < 20 or pkt[6] & 0x3F or pkt[7]:  # IHL below 5 is malformed
             return None
     elif b0 >> 4 == 6 and n >= 48:
         proto = pkt[6]
@@ -165,7 +167,17 @@ def _ipv4_template(hdr: bytearray, ihl: int) -> tuple[int, int]:
 
 
 def split_tcp(pkt: bytes, mss: int) -> list[bytes]:
-    """A TCP super-packet -> MSS-sized segments (IP header checksum valid; TCP checksum left to the receiver)."""
+    """A TCP super-packet -> MSS-sized segments (IP header checksum valid; TCP checksum left to the receiver).
+    In C when the fast path is built (it hands packets it refuses back to the twin, which names the error)."""
+    if fast is not None:
+        out = fast.split_tcp(pkt, mss)
+        if out is not None:
+            return out
+    return split_tcp_py(pkt, mss)
+
+
+def split_tcp_py(pkt: bytes, mss: int) -> list[bytes]:
+    """The pure-Python twin of the C split_tcp."""
     v = pkt[0] >> 4 if pkt else 0
     if v == 4:
         ihl = (pkt[0] & 0x0F) * 4
@@ -297,7 +309,7 @@ def _flow(pkt: bytes):
         return None
     thl = (pkt[ihl + 12] >> 4) * 4
     flags = pkt[ihl + 13]
-    if flags & _MERGE_BLOCKERS or not flags & TCP_ACK or n <= ihl + thl:
+    if thl < 20 or flags & _MERGE_BLOCKERS or not flags & TCP_ACK or n <= ihl + thl:  # data offset < 5: malformed
         return None
     # Flow: addresses, ports, ack number, window and options must match to merge.
     key = (key_ip, pkt[ihl : ihl + 4], pkt[ihl + 8 : ihl + 12], pkt[ihl + 14 : ihl + 16], pkt[ihl + 20 : ihl + thl],
@@ -358,6 +370,17 @@ def _merge_udp(run: list[bytes]) -> bytes:
 
 
 def coalesce(packets: list[bytes], udp: bool = False) -> list[bytes]:
+    """Inner packets (in arrival order) -> TUN writes with a virtio-net header each; in C when the
+    fast path is built, else `coalesce_py`."""
+    if fast is not None:
+        try:
+            return fast.coalesce(packets if type(packets) is list else list(packets), udp)
+        except TypeError:  # not all bytes (a memoryview, say): the twin takes anything
+            pass
+    return coalesce_py(packets, udp)
+
+
+def coalesce_py(packets: list[bytes], udp: bool = False) -> list[bytes]:
     """Inner packets (in arrival order) -> TUN writes with a virtio-net header each.
 
     Runs of in-order TCP segments of one flow, all but the last of equal size,
@@ -382,7 +405,7 @@ def coalesce(packets: list[bytes], udp: bool = False) -> list[bytes]:
         key, ihl, thl, seq, flags, plen = f
         run = [p]
         total = len(p)
-        nxt = seq + plen
+        nxt = (seq + plen) & 0xFFFFFFFF  # sequence numbers wrap
         last_flags = flags
         j = i + 1
         while j < n and not last_flags & TCP_PSH:
@@ -391,7 +414,7 @@ def coalesce(packets: list[bytes], udp: bool = False) -> list[bytes]:
                 break
             run.append(packets[j])
             total += g[5]
-            nxt += g[5]
+            nxt = (nxt + g[5]) & 0xFFFFFFFF
             last_flags = g[4]
             j += 1
             if g[5] < plen:

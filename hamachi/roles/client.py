@@ -18,6 +18,7 @@ import socket
 import time
 from typing import Any
 
+from hamachi import _accel
 from hamachi.config import ClientSettings, StaticPeer, parse_endpoint
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.session import AEADS
@@ -362,6 +363,7 @@ class ClientDaemon:
             "public_key": s.key.public_text(),
             "listen": self.udp.port,
             "offload": self.dataplane.offload_status,
+            "fastpath": "c" if _accel.fast is not None else f"python: the C fast path is {_accel.why_not}",
             "server": str(s.server) if s.server else None,
             "server_connected": bool(self.control and self.control.connected),
             "server_error": self.control.last_error if self.control else "",

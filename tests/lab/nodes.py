@@ -79,10 +79,11 @@ def static_pair(lab: Lab, directory: Path, a: str = "a", b: str = "b", offload: 
     return cfgs
 
 
-def start_client(host: Host, cfg: Path, log: Path | None = None) -> subprocess.Popen:
+def start_client(host: Host, cfg: Path, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """`env`: extra environment variables for this daemon only (HAMACHI_NO_C=1, say)."""
     out = open(log or cfg.with_suffix(".log"), "ab")
     p = host.popen([*hamachi_cmd(), "client", "up", "--config", str(cfg), "-v"], stdout=out, stderr=out,
-                   cwd=str(ROOT))
+                   cwd=str(ROOT), env={**os.environ, **env} if env else None)
     host.lab.wait_for(lambda: p.poll() is not None or status(host, cfg, check=False) is not None, timeout=20,
                       what=f"hamachi client on {host.name} to serve its local API")
     if p.poll() is not None:
