@@ -31,6 +31,9 @@ DEFAULT_STUN_PORT = 3478
 DEFAULT_DATA_PORT = 41641
 DEFAULT_RELAY_UDP_PORT = 3480  # 3478-3479 are the STUN service (primary and RFC 5780 alternate port)
 DEFAULT_RELAY_TCP_PORT = 443
+# Control connections also on TCP 443 where the server can bind it, and clients try it after the
+# usual port: some sites let nothing out but HTTPS.
+DEFAULT_HTTPS_PORT = 443
 DEFAULT_MTU = 1420
 DEFAULT_KEEPALIVE = 25.0
 DEFAULT_OVERLAY4 = "100.64.0.0/10"
@@ -95,6 +98,8 @@ class ClientSettings:
     server: Endpoint | None
     server_key: bytes | None
     stun_port: int = DEFAULT_STUN_PORT
+    # Tried after the server's usual port when that one does not answer (0: never).
+    fallback_port: int = DEFAULT_HTTPS_PORT
     interface: str = DEFAULT_INTERFACE
     mode: str = "tun"
     mtu: int = DEFAULT_MTU
@@ -144,6 +149,9 @@ class ServerSettings:
     pool_size: int = DEFAULT_POOL_SIZE
     node: str = ""  # this node's name in a cluster; "" = host name and process id
     presence_debounce: float = DEFAULT_PRESENCE_DEBOUNCE
+    # Also listen for control connections on this TCP port when it is free and we may bind it
+    # (skipped with a log line otherwise; 0: never).
+    https_port: int = DEFAULT_HTTPS_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +501,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     server = servers[0] if servers else None
     server_key = s.public_key("public_key", required=server_given)
     client_stun_port = s.port("stun_port", DEFAULT_STUN_PORT, allow_zero=True)
+    fallback_port = s.port("fallback_port", DEFAULT_HTTPS_PORT, allow_zero=True)
     s.finish()
 
     t = ld.section("tunnel")
@@ -547,6 +556,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     return ClientSettings(
         config_path=path, name=name, key_file=key_file, key=key, api_socket=api_socket,
         state_dir=state_dir, server=server, server_key=server_key, stun_port=client_stun_port,
+        fallback_port=fallback_port,
         interface=interface, mode=mode,
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
         birthday_sockets=birthday_sockets, birthday_probes=birthday_probes, cipher=cipher,
@@ -587,6 +597,7 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
     login_rate = s.number("login_rate", 5.0, 0.1, 10000)
     node = s.get("node", str, "")
     debounce = s.number("presence_debounce", DEFAULT_PRESENCE_DEBOUNCE, 0, 300)
+    https_port = s.port("https_port", DEFAULT_HTTPS_PORT, allow_zero=True)
     s.finish()
     st = ld.section("store")
     legacy_pg = database.startswith(("postgresql://", "postgres://"))
@@ -620,6 +631,7 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
         stun_port=stun_port, database=database, registration=registration, overlay4=overlay4,
         overlay6=overlay6, api_socket=api_socket, login_rate=login_rate, relays=tuple(relays),
         store_backend=backend, pool_size=pool_size, node=node, presence_debounce=debounce,
+        https_port=https_port,
     )
 
 

@@ -146,30 +146,77 @@ def test_relay_dies_pair_moves_to_second_relay_then_upgrades_to_direct(lab_stand
         dep.stop()
 
 
+def first_reply_after(host, ip: str, seconds: float = 30) -> float | None:
+    """Ping `ip` every 0.2 s until the first reply; its wall-clock time (ping -D), or None."""
+    r = host.run(["ping", "-D", "-n", "-c1", "-i0.2", "-W1", f"-w{int(seconds)}", ip], check=False,
+                 timeout=seconds + 10)
+    stamps = [float(line[1 : line.index("]")]) for line in r.stdout.splitlines()
+              if line.startswith("[") and "bytes from" in line]
+    return stamps[0] if stamps else None
+
+
+UDP_TO_RELAY_BLOCK = """table inet hamachi_test_udp {{
+  chain o {{ type filter hook output priority 0; ip daddr {ip} udp dport 3480 drop; }}
+}}
+"""
+
+
 def test_site_with_no_udp_at_all_reaches_anyone_through_the_relay_over_tcp(make_lab, tmp_path):
-    """Behind `nu` nothing but TCP 443 gets out, not even UDP to the server: control over TCP 443,
-    discovery says UDP is blocked, and the tunnel runs through the relay over TCP 443."""
+    """Behind `nu` nothing but TCP 443 gets out, not even UDP to the server. The server listens on
+    TCP 443 as well by default; the client, configured with the usual port, finds 443 itself;
+    discovery says UDP is blocked, and the tunnel runs through the relay over TCP 443. Then the relay
+    restarts while `a` cannot reach it over UDP: `a` moves to TCP, and back to UDP once it can."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tests.lab import Site
 
     lab = make_lab(Topology(public=["a"], relays=["rly"], sites=[Site("nu", "no-udp")]))
     dep = nodes.Deployment(lab, tmp_path)
-    cfg = dep.server_cfg
-    cfg.write_text(cfg.read_text().replace('"0.0.0.0:7777"', '"0.0.0.0:7777", "0.0.0.0:443"'))
+    a = lab.host("a")
     try:
         dep.add_relay("rly")
         dep.start_server()
+        lab.wait_for(lambda: ":443 " in lab.host("srv").run(["ss", "-ltn"]).stdout, timeout=10,
+                     what="the server on TCP 443 too (https_port's default)")
         dep.add_client("a", "alice")
-        dep.add_client("nu-1", "nick", port=443)
+        dep.add_client("nu-1", "nick")  # the usual port 7777: the client falls back to 443 by itself
         st = nodes.status(lab.host("nu-1"), dep.clients["nick"])
-        assert st["nat"]["udp"] is False
+        assert st["nat"]["udp"] is False and st["server_port"] == 443, st
+        assert nodes.status(a, dep.clients["alice"])["server_port"] == 7777
         dep.ask("a", "alice", "create", "nudp")
-        dep.ask("nu-1", "nick", "join", "nudp")
         nick_ip, alice_ip = dep.address("nu-1", "nick"), dep.address("a", "alice")
-        lab.wait_for(lambda: dep.can_ping("a", nick_ip), timeout=30, what="alice -> nick through the relay")
+        with ThreadPoolExecutor(1) as ex:
+            reply = ex.submit(first_reply_after, a, nick_ip)
+            time.sleep(0.5)  # the pings are under way
+            joined = time.time()
+            dep.ask("nu-1", "nick", "join", "nudp")
+            first = reply.result()
+        assert first is not None, "alice never reached nick through the relay"
+        print(f"time to first packet, relayed over TCP: {first - joined:.2f} s")
         assert dep.can_ping("nu-1", alice_ip)
         (peer,) = dep.peer_status("nu-1", "nick")
         assert peer["path"] == "relayed" and peer["relay"] == "rly (tcp)", peer
         doctor = dep.ask("nu-1", "nick", "doctor").stdout
         assert "UDP to the server is blocked" in doctor and "relayed via rly (tcp)" in doctor
+        assert "over TCP port 443" in doctor and "port 7777 did not answer" in doctor, doctor
+
+        def alice_relay():
+            peers = dep.peer_status("a", "alice")
+            return peers[0]["relay"] if peers else None
+
+        assert alice_relay() == "rly (udp)"
+        # The relay restarts while UDP from alice to it is lost: alice falls back to TCP 443...
+        a.run(["nft", "-f", "-"], input=UDP_TO_RELAY_BLOCK.format(ip=lab.host("rly").addr))
+        dep.kill_relay("rly")
+        dep.run_relay("rly")
+        lab.wait_for(lambda: alice_relay() == "rly (tcp)" and dep.can_ping("a", nick_ip), timeout=60,
+                     interval=0.5, what="alice on the relay over TCP")
+        # ...and goes back to UDP once UDP works again (TCP is the last resort).
+        a.run(["nft", "delete", "table", "inet", "hamachi_test_udp"])
+        t0 = time.monotonic()
+        lab.wait_for(lambda: alice_relay() == "rly (udp)", timeout=60, interval=0.5, what="alice back on UDP")
+        print(f"back on UDP {time.monotonic() - t0:.1f} s after UDP to the relay works again")
+        assert dep.can_ping("a", nick_ip) and dep.can_ping("nu-1", alice_ip)
     finally:
+        a.run(["nft", "delete", "table", "inet", "hamachi_test_udp"], check=False)
         dep.stop()

@@ -161,3 +161,20 @@ def test_direct_probes_back_off_while_the_path_stays_blocked_then_still_upgrade(
     n.tick(DIRECT_PROBE_MAX + 5)
     assert n.paths() == ("direct", "direct")
     assert n.a.peers[n.kb.public].probe_interval == DIRECT_PROBE_INTERVAL  # reset once direct works
+
+
+def test_a_relay_session_that_gets_bound_late_carries_the_waiting_handshake_at_once():
+    """One side reaches the relay only over TCP, bound a moment after the handshake went there (and
+    was dropped): relay_ready sends it again at once instead of at the next retransmit (5 s)."""
+    from hamachi.proto.tunnel import RELAY_AFTER
+
+    net = PathNet(blocked={"direct", "r1"})
+    net.send("a", b"first")
+    net.now += RELAY_AFTER + 0.1
+    net.a.handle_timer(net.now)
+    net.pump()
+    assert not net.got["b"]
+    net.blocked.discard("r1")  # the TCP side is bound now
+    net.a.relay_ready(R1, net.now)
+    net.pump()
+    assert any(pkt.endswith(b"first") for pkt in net.got["b"]), "the handshake waited for its retransmit"

@@ -17,9 +17,11 @@ def server_toml(public_addresses: list[str], port: int, overlay6: str) -> str:
 [server]
 # Private key of the server (base64, mode 0600). Clients pin its public key.
 key_file = "server.key"
-# TCP addresses the control server listens on. Add "0.0.0.0:443" for
-# clients behind firewalls that only let HTTPS out.
+# TCP addresses the control server listens on.
 listen = ["0.0.0.0:{port}"]
+# Also on this TCP port (all addresses) when it is free and we may bind it, for
+# clients behind firewalls that only let HTTPS out; 0 turns it off.
+https_port = {C.DEFAULT_HTTPS_PORT}
 # The server's public IP addresses. With two, the STUN service also answers
 # RFC 5780 NAT-behaviour tests (CHANGE-REQUEST), so clients learn their
 # NAT's filtering behaviour precisely.
@@ -65,6 +67,8 @@ api_socket = "{C.DEFAULT_RUN_DIR}/client-{interface}.sock"
 # The control server and its public key (printed by `hamachi server init`).
 address = {_q(server)}
 public_key = {_q(server_key)}
+# Tried when the server's usual port does not answer (sites that let only HTTPS out); 0: never.
+fallback_port = {C.DEFAULT_HTTPS_PORT}
 
 [tunnel]
 # Name of the virtual interface; "tun" carries IP, "tap" carries Ethernet.

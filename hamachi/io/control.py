@@ -33,6 +33,7 @@ PROLOGUE = b"hamachi control v1"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 4 << 20
 PING_INTERVAL = 10.0
+FALLBACK_DELAY = 1.0  # the usual port gets this long on its own before the fallback port is tried too
 
 
 class FrameError(Exception):
@@ -199,6 +200,12 @@ class ControlListener:
         self._crypto.shutdown(wait=False, cancel_futures=True)
 
 
+def _close_if_connected(task: asyncio.Task) -> None:
+    """A losing connection attempt that connected anyway: close it."""
+    if not task.cancelled() and task.exception() is None:
+        task.result()[1].close()
+
+
 class ControlClient:
     """The client's side: connect, log in, keep the netmap, turn presence into callbacks."""
 
@@ -208,12 +215,15 @@ class ControlClient:
                  on_welcome: Callable[[M.Welcome], Awaitable[None]],
                  on_peer_up: Callable[[M.PeerUp], Awaitable[None]],
                  on_peer_down: Callable[[M.PeerDown], Awaitable[None]],
-                 token: str = "", report: Callable[[], dict] | None = None):
+                 token: str = "", report: Callable[[], dict] | None = None,
+                 fallback_ports: tuple[int, ...] = ()):
         # Several addresses (a cluster's nodes, or one name with several records): each new session
         # tries the next one, so a client whose node died is on another one at its first retry.
         self.servers = list(server) if isinstance(server, list) else [server]
         self.local, self.server, self.server_key, self.nickname = local, self.servers[0], server_key, nickname
         self._attempt = 0
+        self.fallback_ports = tuple(p for p in fallback_ports if p)
+        self.via: tuple[str, int] | None = None  # the address the current connection reached
         self.listen_port = listen_port
         self.on_welcome, self.on_peer_up, self.on_peer_down = on_welcome, on_peer_up, on_peer_down
         self.token = token
@@ -263,10 +273,44 @@ class ControlClient:
         self._attempt += 1
         return pick
 
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[str, int]]:
+        """Connect to the usual port; if it has not answered within FALLBACK_DELAY (a site that drops
+        everything but HTTPS), race the fallback ports too. The first to connect wins."""
+        loop = asyncio.get_running_loop()
+        targets = [self.server] + [(self.server[0], p) for p in self.fallback_ports if p != self.server[1]]
+        pending: dict[asyncio.Task, tuple[str, int]] = {}
+        errors: list[BaseException] = []
+
+        def attempt(t):
+            return asyncio.create_task(asyncio.wait_for(asyncio.open_connection(*t, limit=M.MAX_FRAME + 2),
+                                                        HANDSHAKE_TIMEOUT))
+        try:
+            for i, target in enumerate(targets):
+                pending[attempt(target)] = target
+                end = loop.time() + (FALLBACK_DELAY if i + 1 < len(targets) else HANDSHAKE_TIMEOUT + 1)
+                while pending and loop.time() < end:
+                    done, _ = await asyncio.wait(pending, timeout=end - loop.time(),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if not done:
+                        break
+                    for task in done:
+                        t = pending.pop(task)
+                        if task.exception() is None:
+                            reader, writer = task.result()
+                            return reader, writer, t
+                        errors.append(task.exception())
+            raise errors[0] if errors else TimeoutError(f"no answer from {self.server[0]}")
+        finally:
+            for task in pending:
+                task.cancel()
+                task.add_done_callback(_close_if_connected)
+
     async def _session(self) -> None:
         self.server = await self._next_server()
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.server, limit=M.MAX_FRAME + 2),
-                                                HANDSHAKE_TIMEOUT)
+        reader, writer, via = await self._open()
+        if via != self.server:
+            log.info("control connection over TCP %d (port %d did not answer)", via[1], self.server[1])
+        self.via = via
         try:
             hs = NoiseIK.initiator(self.local, self.server_key, PROLOGUE)
             writer.write(M.frame(hs.write_message(b"")))

@@ -29,6 +29,7 @@ from typing import Any
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
 from hamachi.proto import offload
+from hamachi.proto.relaypath import RelayTransport
 from hamachi.proto.tunnel import Tunnel, inner_destination
 from hamachi.wire import relay as R
 
@@ -40,8 +41,10 @@ REBIND_REFRESH = 20.0  # a bound one re-binds this often: keeps the relay sessio
 class RelayLink:
     """Our side of one relay session: bound over UDP, or over TCP 443 where UDP cannot reach the relay."""
 
-    def __init__(self, sid: bytes, side: int, ticket: bytes, udp: tuple[str, int] | None, tcp: tuple[str, int] | None):
+    def __init__(self, sid: bytes, side: int, ticket: bytes, udp: tuple[str, int] | None, tcp: tuple[str, int] | None,
+                 *, now: float = 0.0, udp_blocked: bool = False):
         self.sid, self.side, self.ticket, self.udp, self.tcp_addr = sid, side, ticket, udp, tcp
+        self.path = RelayTransport(now, udp=udp is not None, tcp=tcp is not None, udp_blocked=udp_blocked)
         self.tcp = None
         self.buf = bytearray()
         self.bound = False
@@ -163,6 +166,9 @@ class DataPlane:
         for link in self.links.values():
             if link.bound and now - link.last_bound > REBIND_REFRESH + REBIND_RETRY * 2:
                 link.bound = False  # no Bound for our last refresh: the relay is gone or forgot us
+                link.path.unbound(now)
+            if link.tcp is not None and link.path.udp_retry_due(now):
+                self.udp.send_batch([link.bind_message()], link.udp)  # TCP is the last resort: is UDP back?
             due = REBIND_REFRESH if link.bound else REBIND_RETRY + link.jitter
             if now - link.last_bind >= due:
                 self._rebind(link, now)
@@ -172,6 +178,9 @@ class DataPlane:
         if link is None:
             return
         self.links.pop(link.pseudo, None)
+        self._close_tcp(link)
+
+    def _close_tcp(self, link: RelayLink) -> None:
         if link.tcp is not None:
             self._ep.unregister(link.tcp.fileno())
             self.tcp_fds.pop(link.tcp.fileno(), None)
@@ -182,6 +191,18 @@ class DataPlane:
         return [{"relay": link.name, "session": link.sid.hex(), "bound": link.bound,
                  "transport": "tcp" if link.tcp is not None else "udp"} for link in self.links.values()]
 
+    def relay_tcp_wanted(self, sid: bytes, now: float) -> bool | None:
+        """Should the shell connect this session over TCP now? None: the session is gone."""
+        link = self.links_by_sid.get(sid)
+        if link is None:
+            return None
+        return link.tcp is None and link.path.tcp_wanted(now)
+
+    def relay_tcp_failed(self, sid: bytes, now: float) -> None:
+        link = self.links_by_sid.get(sid)
+        if link is not None:
+            link.path.tcp_failed(now)
+
     def attach_tcp(self, sid: bytes, sock) -> None:
         link = self.links_by_sid.get(sid)
         if link is None:
@@ -191,7 +212,9 @@ class DataPlane:
         link.tcp = sock
         self.tcp_fds[sock.fileno()] = link
         self._ep.register(sock.fileno(), select.EPOLLIN)
-        self._rebind(link, time.monotonic())
+        now = time.monotonic()
+        link.path.tcp_up(now)
+        self._rebind(link, now)
 
     def _tcp_send(self, link: RelayLink, msg: bytes) -> None:
         try:
@@ -212,13 +235,21 @@ class DataPlane:
         elif link.udp is not None:
             self.udp.send_batch([link.header + d for d in datagrams], link.udp)
 
-    def _from_relay(self, msg: bytes, now: float, inner: list[bytes]) -> None:
+    def _from_relay(self, msg: bytes, now: float, inner: list[bytes], via_udp: bool = False) -> None:
         """A relay message (Bound or Data) -> bind state, or the carried datagram into the core."""
         if msg[0] == R.TYPE_BOUND and len(msg) >= 9:
             link = self.links_by_sid.get(msg[1:9])
             if link is not None:
+                was = link.bound
                 link.bound = True
                 link.last_bound = now
+                if link.path.on_bound(via_udp, now):
+                    # UDP works again (the relay restarted, a firewall changed): leave TCP.
+                    self._close_tcp(link)
+                    self._rebind(link, now)
+                    log.info("relay session %s back on UDP", link.sid.hex())
+                if not was:
+                    self.tunnel.relay_ready(link.pseudo, now)
             return
         if msg[0] != R.TYPE_DATA or len(msg) < 10:
             self.drops["relay_malformed"] += 1
@@ -237,11 +268,9 @@ class DataPlane:
         except OSError:
             data = b""
         if not data:
-            self._ep.unregister(link.tcp.fileno())
-            self.tcp_fds.pop(link.tcp.fileno(), None)
-            link.tcp.close()
-            link.tcp = None
+            self._close_tcp(link)
             link.bound = False
+            link.path.tcp_lost(now)
             return
         buf = link.buf
         buf += data
@@ -427,7 +456,7 @@ class DataPlane:
             if addr in self.relay_udp:
                 for d in datagrams:
                     if d and d[0] in (R.TYPE_DATA, R.TYPE_BOUND):
-                        self._from_relay(d, now, inner)
+                        self._from_relay(d, now, inner, via_udp=True)
                     else:
                         tunnel.open_batch([d], addr, now, inner, self._other)
             else:

@@ -405,6 +405,14 @@ class Tunnel:
         relays = self._relays(peer)
         return [relays[peer.relay_index % len(relays)]] if relays else []
 
+    def relay_ready(self, relay: Addr, now: float) -> None:
+        """A relay session just got bound: a handshake that already went to it (and was probably
+        dropped there, the other side not bound yet) goes again now, not at its next retransmit."""
+        for peer in self.peers.values():
+            p = peer.pending
+            if p is not None and p.relay_sent and not p.probe_only and relay in self._relay_targets(peer):
+                self._out.append((p.wire, relay))
+
     def _next_relay(self, peer: Peer) -> None:
         """The relay we used stopped answering: move to the next one (the peer does the same)."""
         relays = self._relays(peer)

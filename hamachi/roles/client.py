@@ -126,7 +126,7 @@ class ClientDaemon:
             self.control = ControlClient(
                 s.key, [(ep.host, ep.port) for ep in s.servers], s.server_key, s.name, lambda: self.udp.port,
                 on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
-                report=self._discovery_report)
+                report=self._discovery_report, fallback_ports=(s.fallback_port,))
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
                  self.dataplane.offload_status)
@@ -220,7 +220,8 @@ class ClientDaemon:
     async def _relay(self, offer, side: int) -> tuple[str, int]:
         """Bind our side of the pair's session at one relay (UDP first, TCP 443 if UDP gets no answer)."""
         sid = session_id_of(offer.ticket)
-        link = RelayLink(sid, side, offer.ticket, _parse_hostport(offer.udp), _parse_hostport(offer.tcp))
+        link = RelayLink(sid, side, offer.ticket, _parse_hostport(offer.udp), _parse_hostport(offer.tcp),
+                         now=time.monotonic(), udp_blocked=self.nat is not None and self.nat.udp is False)
         link.name = offer.name
         pseudo = await self._in_loop(lambda t, now: self.dataplane.add_relay(link))
         if link.tcp_addr is not None:
@@ -228,15 +229,12 @@ class ClientDaemon:
         return pseudo
 
     async def _relay_fallback(self, link: RelayLink) -> None:
-        """While the session is not bound over UDP, (re)connect it over TCP; gives up when it is dropped."""
-        await asyncio.sleep(1.5)
-        def needs_tcp(t, now) -> bool | None:  # in the loop thread, which owns the link; None: dropped
-            if self.dataplane.links_by_sid.get(link.sid) is not link:
-                return None
-            return link.tcp is None and not link.bound
-
+        """Connect the session over TCP whenever its transport policy (proto/relaypath.py) asks for it;
+        ends when the session is dropped."""
         warned = False
-        while (need := await self._in_loop(needs_tcp)) is not None:
+        sid = link.sid
+        started = time.monotonic()
+        while (need := await self._in_loop(lambda t, now: self.dataplane.relay_tcp_wanted(sid, now))) is not None:
             if need:
                 try:
                     sock = await asyncio.to_thread(socket.create_connection, link.tcp_addr, 3.0)
@@ -244,11 +242,13 @@ class ClientDaemon:
                     if not warned:
                         log.warning("relay %s unreachable over UDP and TCP: %s", link.name or link.tcp_addr, exc)
                     warned = True
+                    await self._in_loop(lambda t, now: self.dataplane.relay_tcp_failed(sid, now))
                 else:
-                    await self._in_loop(lambda t, now, sock=sock: self.dataplane.attach_tcp(link.sid, sock))
-                    log.info("relay session %s at %s over TCP %s:%d", link.sid.hex(), link.name, *link.tcp_addr)
+                    await self._in_loop(lambda t, now, sock=sock: self.dataplane.attach_tcp(sid, sock))
+                    log.info("relay session %s at %s over TCP %s:%d", sid.hex(), link.name, *link.tcp_addr)
                     warned = False
-            await asyncio.sleep(5.0)
+            # Quick at first (time to the first packet at an HTTPS-only site), then relaxed.
+            await asyncio.sleep(0.25 if time.monotonic() - started < 5.0 else 2.0)
 
     async def _birthday(self, p, endpoint) -> int:
         """Birthday-paradox probing where one side is behind a symmetric NAT and the other filters.
@@ -313,6 +313,13 @@ class ClientDaemon:
         if self.control is not None and not st["server_connected"]:
             findings.append({"topic": "server", "ok": False,
                              "text": f"not connected to the server {st['server']}: {st['server_error'] or 'connecting'}"})
+        elif self.control is not None:
+            via = self.control.via
+            text = f"connected to the server over TCP port {via[1]}"
+            if via != self.control.server:
+                text += (f" (port {self.control.server[1]} did not answer: this site seems to let only some "
+                         "ports out)")
+            findings.append({"topic": "server", "ok": True, "text": text})
         if nat is None:
             findings.append({"topic": "nat", "ok": True, "text": "no NAT discovery (static peers only)"})
         elif nat.udp is False:
@@ -367,6 +374,8 @@ class ClientDaemon:
             "server": str(s.server) if s.server else None,
             "server_connected": bool(self.control and self.control.connected),
             "server_error": self.control.last_error if self.control else "",
+            "server_port": self.control.via[1] if self.control and self.control.connected and self.control.via
+            else None,
             "nat": self.nat.to_dict() if self.nat else None,
             "nat_summary": self.nat.summary if self.nat else None,
             "peers": snap["peers"],

@@ -43,10 +43,11 @@ class ServerDaemon:
         self.listener = ControlListener(self.core, s.key)
         self.stun: StunService | None = None
         self.cluster = None
+        self.listening: list[str] = []
 
     async def _api_status(self, args: dict) -> dict:
         return {"public_key": self.settings.key.public_text(),
-                "listen": [str(e) for e in self.settings.listen],
+                "listen": self.listening,
                 "online": len(self.core.online), "connections": len(self.core.conns),
                 "stats": self.core.stats, "drops": self.listener.drops,
                 "store": self.settings.store_backend, "node": self.node,
@@ -67,7 +68,18 @@ class ServerDaemon:
             self.cluster = await ClusterBus(self.settings.database, self.node, self.listener.runner).start()
         for ep in self.settings.listen:
             await self.listener.listen(ep.host, ep.port)
-        log.info("control server listening on %s", ", ".join(map(str, self.settings.listen)))
+        self.listening = [str(ep) for ep in self.settings.listen]
+        https = self.settings.https_port
+        if https and all(ep.port != https for ep in self.settings.listen):
+            # Best effort: for clients at sites that let only HTTPS out. Taken (a relay or web server
+            # on this host) or not ours to bind (no CAP_NET_BIND_SERVICE): carry on without it.
+            try:
+                await self.listener.listen("0.0.0.0", https)
+                self.listening.append(f"0.0.0.0:{https}")
+            except OSError as exc:
+                log.info("not listening on TCP %d as well (%s); set [server] https_port = 0 to stop trying",
+                         https, exc.strerror or exc)
+        log.info("control server listening on %s", ", ".join(self.listening))
         stun = None
         if self.settings.stun_port and self.settings.public_addresses:
             stun = await StunService(list(self.settings.public_addresses), self.settings.stun_port).start()

@@ -142,13 +142,18 @@ class Deployment:
                              "--json").stdout)
         rcfg = self.tmp / host / "relay.toml"
         rcfg.write_text(rcfg.read_text().replace("/run/hamachi/relay.sock", str(self.tmp / host / "api.sock")))
-        log = open(self.tmp / host / "relay.log", "ab")
-        self.relays[host] = h.popen([*hamachi_cmd(), "relay", "run", "--config", str(rcfg)], stdout=log,
-                                    stderr=log, cwd=str(ROOT))
-        self.lab.wait_for(lambda: ":443" in h.run(["ss", "-ltn"]).stdout, timeout=20, what="relay")
+        self.run_relay(host)
         with open(self.server_cfg, "a") as fh:
             fh.write(f'\n[[relay]]\nname = "{host}"\npublic_key = "{out["public_key"]}"\n'
                      f'udp = "{h.addr}:3480"\ntcp = "{h.addr}:443"\n')
+
+    def run_relay(self, host: str) -> None:
+        """Start (or restart) the relay on `host` from its config, and wait until it listens."""
+        h = self.lab.host(host)
+        log = open(self.tmp / host / "relay.log", "ab")
+        self.relays[host] = h.popen([*hamachi_cmd(), "relay", "run", "--config", str(self.tmp / host / "relay.toml")],
+                                    stdout=log, stderr=log, cwd=str(ROOT))
+        self.lab.wait_for(lambda: ":443" in h.run(["ss", "-ltn"]).stdout, timeout=20, what="relay")
 
     def start_server(self):
         srv = self.lab.host("srv")
