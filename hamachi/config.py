@@ -662,7 +662,25 @@ LOADERS = {"client": load_client, "server": load_server, "relay": load_relay}
 
 
 def load(role: str, path: str | os.PathLike[str]):
-    return LOADERS[role](path)
+    try:
+        return LOADERS[role](path)
+    except ConfigError:
+        other = _config_role(Path(path))
+        if other is not None and other != role:
+            verb = {"client": "client up", "server": "server run", "relay": "relay run"}[other]
+            raise ConfigError([f"{Path(path).resolve()}: this is a {other} config, not a {role} config "
+                               f"(it is for `hamachi {verb}`)"]) from None
+        raise
+
+
+def _config_role(path: Path) -> str | None:
+    """Which role a config file is for, judged by its main section (None: unreadable or none)."""
+    try:
+        data = _read_toml(path)
+    except ConfigError:
+        return None
+    found = [r for r in LOADERS if r in data]
+    return found[0] if len(found) == 1 else None
 
 
 # ---------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_init_all_roles_then_check(tmp_path):
 
 
 def test_init_refuses_to_overwrite(tmp_path):
-    args = ("relay", "init", "--dir", str(tmp_path))
+    args = ("relay", "init", "--dir", str(tmp_path), "--server-key", "bxOhDkaYQ2YELx6ut2ZUsxBUwNrkmdgLbjHBU+lSbiQ=")
     assert _cli(*args).returncode == 0
     r = _cli(*args)
     assert r.returncode == 1 and "already exists" in r.stderr

@@ -61,7 +61,9 @@ def test_networks_presence_and_tunnels(deployment):
     # approval flow
     d.ask("c", "carol", "create", "club", "--approval")
     r = d.ask("a", "alice", "join", "club", check=False)
-    assert r.returncode == 1 and "waiting for the owner's approval" in r.stderr
+    assert r.returncode == 0 and "waiting for the owner's approval" in r.stdout
+    nets = json.loads(d.ask("a", "alice", "networks", "--json").stdout)
+    assert any(n["name"] == "club" and n["pending"] for n in nets["networks"])
     assert not d.can_ping("a", ip["carol"])
     d.ask("c", "carol", "approve", "club", "alice")
     lab.wait_for(lambda: d.can_ping("a", ip["carol"]), timeout=20, what="alice -> carol after approval")

@@ -20,7 +20,7 @@ from hamachi import __version__
 from hamachi import config as C
 from hamachi.cli import output, templates
 from hamachi.crypto.keys import KeyPair
-from hamachi.exitcodes import ExitCode
+from hamachi.exitcodes import ExitCode, StartupError
 
 app = typer.Typer(
     name="hamachi",
@@ -70,10 +70,12 @@ def _root(
 
 
 def _exit(code: ExitCode) -> None:
+    output.refusal(int(code))
     raise typer.Exit(int(code))
 
 
-def _load(role: str, path: Path | None) -> Any:
+def _load(role: str, path: Path | None, as_json: bool = False) -> Any:
+    output.json_errors = as_json
     if path is None:
         output.fail(f"no config given: pass --config FILE or set HAMACHI_CONFIG (create one with `hamachi {role} init`)")
         _exit(ExitCode.BAD_CONFIG)
@@ -81,7 +83,7 @@ def _load(role: str, path: Path | None) -> Any:
         return C.load(role, path)
     except C.ConfigError as exc:
         for line in exc.problems:
-            output.err.print(line, markup=False, highlight=False)
+            output.fail(line, prefix=False)
         _exit(ExitCode.BAD_CONFIG)
 
 
@@ -120,7 +122,7 @@ def _run_role(role: str, config: Path | None, check: bool, as_json: bool, verbos
     """`server run`, `relay run`, `client up`: validate, or start the role's daemon in the foreground."""
     global _verbose
     _verbose = verbose
-    settings = _load(role, config)
+    settings = _load(role, config, as_json)
     if check:
         _check_view(role, settings, as_json)
         return
@@ -138,6 +140,9 @@ def _run_daemon(fn: Any, settings: Any) -> None:
     except PrivilegeError as exc:
         output.fail(str(exc))
         _exit(ExitCode.NO_PRIVILEGE)
+    except StartupError as exc:
+        output.fail(str(exc))
+        _exit(exc.code)
     except KeyboardInterrupt:
         code = ExitCode.OK
     _exit(ExitCode(code or 0))
@@ -176,6 +181,7 @@ def server_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented server config and a new key, and print what clients need."""
+    output.json_errors = as_json
     problems = []
     for a in public_address:
         try:
@@ -224,12 +230,16 @@ def relay_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented relay config and a new key, and print the server's [[relay]] entry."""
-    if server_key:
-        try:
-            C._parse_public_key(server_key)
-        except ValueError as exc:
-            output.fail(f"--server-key: {exc}")
-            _exit(ExitCode.USAGE)
+    output.json_errors = as_json
+    if not server_key:
+        output.fail("--server-key is required: a relay honours only the tickets of one control server "
+                    "(`hamachi server init` prints its public key)")
+        _exit(ExitCode.USAGE)
+    try:
+        C._parse_public_key(server_key)
+    except ValueError as exc:
+        output.fail(f"--server-key: {exc}")
+        _exit(ExitCode.USAGE)
     _init_dir(directory, ["relay.toml", "relay.key"], force)
     kp = KeyPair.generate()
     _write_secret(directory / "relay.key", kp.private_text())
@@ -263,6 +273,7 @@ def client_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented client config and a new key."""
+    output.json_errors = as_json
     problems = []
     try:
         C.parse_endpoint(server, C.DEFAULT_CONTROL_PORT)
@@ -346,7 +357,7 @@ def _render_status(d: dict[str, Any]) -> Any:
 @client_app.command("status")
 def client_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running daemon: interface, each peer's path, RTT, traffic and drops."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     result = _api(settings, "status")
     output.emit(result, as_json, _render_status)
 
@@ -359,7 +370,8 @@ def _render_networks(d: dict[str, Any]) -> Any:
     tables = []
     for n in d["networks"]:
         flags = ", ".join(f for f, on in (("locked", n["locked"]), ("approval", n["approval"])) if on) or "open"
-        t = Table(title=f"{n['name']}  ({n['mode']}, {flags}, max {n['max_members']})")
+        pending = "  -- you wait for the owner's approval" if n.get("pending") else ""
+        t = Table(title=f"{n['name']}  ({n['mode']}, {flags}, max {n['max_members']}){pending}")
         for col in ("member", "address", "state", "online"):
             t.add_column(col)
         for m in n["members"]:
@@ -372,14 +384,14 @@ def _render_networks(d: dict[str, Any]) -> Any:
 @client_app.command("networks")
 def client_networks(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List your networks and their members, with who is online."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     output.emit(_api(settings, "networks"), as_json, _render_networks)
 
 
 @client_app.command("peers")
 def client_peers(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the peers you have tunnels to: path, endpoint, handshake, traffic."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     result = _api(settings, "status")
     output.emit({"peers": result["peers"]}, as_json, lambda d: _render_status({"peers": d["peers"]}).renderables[1])
 
@@ -389,9 +401,19 @@ MemberArg = Annotated[str, typer.Argument(help="Member: nickname, overlay addres
 
 
 def _network_verb(verb: str, settings: Any, as_json: bool, done: str, **args: Any) -> None:
-    _api(settings, verb, {k: v for k, v in args.items() if v is not None})
-    output.emit({"ok": True, "verb": verb, **{k: v for k, v in args.items() if k != "password"}}, as_json,
-                lambda d: done)
+    result = _api(settings, verb, {k: v for k, v in args.items() if v is not None}) or {}
+    data = {"ok": True, "verb": verb, **{k: v for k, v in args.items() if k != "password"}}
+    if result.get("pending"):  # not a failure: the owner has to approve
+        data.update(pending=True, note=result.get("note", ""))
+        done = result.get("note") or f"waiting for the owner's approval to join {args.get('network')}"
+    output.emit(data, as_json, lambda d: done)
+
+
+# What each verb prints when it worked, in one voice ("created lanparty", "left lanparty").
+_DONE = {"leave": "left {network}", "lock": "locked {network}", "unlock": "unlocked {network}",
+         "delete": "deleted {network}", "approve": "approved {member} in {network}",
+         "reject": "turned {member} away from {network}", "evict": "evicted {member} from {network}",
+         "transfer": "handed {network} to {member}"}
 
 
 @client_app.command("create")
@@ -403,7 +425,7 @@ def client_create(
     config: ConfigOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Create a network; you become its owner."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     _network_verb("create", settings, as_json, f"created {network}", network=network, password=password,
                   approval="1" if approval else "0", mode=mode)
 
@@ -415,19 +437,20 @@ def client_join(
     config: ConfigOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Join a network (or ask to, where the owner approves joins)."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     _network_verb("join", settings, as_json, f"joined {network}", network=network, password=password)
 
 
 def _owner_verb(verb: str, help_text: str, with_member: bool):
     if with_member:
         def cmd(network: NetworkArg, member: MemberArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-            settings = _load("client", config)
-            _network_verb(verb, settings, as_json, f"{verb}: {member} in {network}", network=network, member=member)
+            settings = _load("client", config, as_json)
+            _network_verb(verb, settings, as_json, _DONE[verb].format(network=network, member=member),
+                          network=network, member=member)
     else:
         def cmd(network: NetworkArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-            settings = _load("client", config)
-            _network_verb(verb, settings, as_json, f"{verb}: {network}", network=network)
+            settings = _load("client", config, as_json)
+            _network_verb(verb, settings, as_json, _DONE[verb].format(network=network), network=network)
     cmd.__doc__ = help_text
     client_app.command(verb)(cmd)
 
@@ -446,14 +469,14 @@ _owner_verb("transfer", "Owner: hand the network to another member.", True)
 def client_nick(nickname: Annotated[str, typer.Argument(help="Your new nickname.")], config: ConfigOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Change your nickname."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
     _network_verb("nick", settings, as_json, f"you are now {nickname}", nickname=nickname)
 
 
 @client_app.command("doctor")
 def client_doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Explain in plain words: your NAT, each peer's path, and what would fix a missing one."""
-    settings = _load("client", config)
+    settings = _load("client", config, as_json)
 
     def render(d: dict[str, Any]) -> str:
         return "\n".join(f"{'ok ' if f['ok'] else '!! '} {f['topic']}: {f['text']}" for f in d["findings"])
@@ -464,21 +487,21 @@ def client_doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @relay_app.command("status")
 def relay_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running relay: sessions, forwarded messages, drops by reason."""
-    settings = _load("relay", config)
+    settings = _load("relay", config, as_json)
     output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 @server_app.command("token")
 def server_token(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Mint a one-time enrolment token (for registration = "token")."""
-    settings = _load("server", config)
+    settings = _load("server", config, as_json)
     output.emit(_api(settings, "token"), as_json, lambda d: f"{d['token']}\n(valid {d['expires_in_days']:.0f} days, once)")
 
 
 @server_app.command("status")
 def server_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running server: clients online, logins, drops."""
-    settings = _load("server", config)
+    settings = _load("server", config, as_json)
     output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 SCHEMA_VERSION = 1
 
@@ -29,8 +30,29 @@ def emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]],
             out.print(result)
 
 
-def fail(line: str) -> None:
-    err.print(f"[bold red]error:[/] {line}", markup=True, highlight=False)
+# With --json, refusals are JSON too: fail() collects the lines and refusal() prints
+# {"schema_version": 1, "error": first line, "errors": [...], "code": exit code} on stdout.
+json_errors = False
+_pending: list[str] = []
+
+
+def fail(line: str, prefix: bool = True) -> None:
+    if json_errors:
+        _pending.append(line)
+    elif prefix:
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
+    else:
+        err.print(line, markup=False, highlight=False)
+
+
+def refusal(code: int) -> None:
+    """Called on a non-zero exit: in JSON mode, the collected error lines as one JSON object."""
+    if json_errors and code:
+        lines = _pending or ["failed"]
+        sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, "error": lines[0], "errors": lines,
+                                     "code": int(code)}, indent=2) + "\n")
+        sys.stdout.flush()
+        _pending.clear()
 
 
 def setup_logging(verbose: int) -> None:

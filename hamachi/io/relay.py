@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 
+from hamachi.io.instance import binding
 from hamachi.io.udp import UdpSocket
 from hamachi.proto.relay import RelayTable
 from hamachi.proto.stun_server import StunResponder
@@ -82,12 +83,14 @@ class RelayService:
 
     async def start(self, udp: tuple[str, int], tcp: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
-        self.udp = UdpSocket(udp[0], udp[1])
+        with binding("relay (UDP)", "[relay] listen_udp", udp[1]):
+            self.udp = UdpSocket(udp[0], udp[1])
         self.udp_addr = udp
         self.stun = StunResponder([udp[0]], udp[1])
         loop.add_reader(self.udp.fileno(), self._on_udp)
         if tcp is not None:
-            self.servers.append(await asyncio.start_server(self._tcp_conn, tcp[0], tcp[1], limit=65536 + 2))
+            with binding("relay (TCP)", "[relay] listen_tcp", tcp[1]):
+                self.servers.append(await asyncio.start_server(self._tcp_conn, tcp[0], tcp[1], limit=65536 + 2))
         self._expiry = asyncio.create_task(self._expire())
         log.info("relay on UDP %s:%d%s (GSO %s, GRO %s)", *udp, f", TCP {tcp[0]}:{tcp[1]}" if tcp else "",
                  self.udp.gso, self.udp.gro)

@@ -405,14 +405,15 @@ class ControlServer:
         try:
             if handler is None:
                 raise RequestRefused(f"unknown request {req.verb!r}")
-            handler(conn, req)
+            note = handler(conn, req)
         except RequestRefused as exc:
             self._send(conn, M.Reply(req.req_id, 0, str(exc)))
             return
         except StoreError as exc:
             self._send(conn, M.Reply(req.req_id, 0, str(exc)))
             return
-        self._send(conn, M.Reply(req.req_id, 1, ""))
+        # ok = 2: accepted, but not done yet (a join waiting for the owner's approval); the text says so.
+        self._send(conn, M.Reply(req.req_id, 2, note) if note else M.Reply(req.req_id, 1, ""))
 
     def _network(self, req: M.Request) -> NetworkRecord:
         name = req.arg("network")
@@ -449,7 +450,7 @@ class ControlServer:
         self._membership_changed(conn.public_key, before, "left")
         self._push_networks(conn.public_key, [name])
 
-    def _verb_join(self, conn: Conn, req: M.Request) -> None:
+    def _verb_join(self, conn: Conn, req: M.Request) -> str | None:
         net = self._network(req)
         members = self.store.members(net.name)
         if any(m.public_key == conn.public_key and m.state == "member" for m in members):
@@ -458,6 +459,8 @@ class ControlServer:
             raise RequestRefused(f"network {net.name!r} is locked")
         if sum(m.state == "member" for m in members) >= net.max_members:
             raise RequestRefused(f"network {net.name!r} is full ({net.max_members} members)")
+        if net.password_hash is not None and not req.arg("password"):
+            raise RequestRefused(f"network {net.name!r} needs a password (give it with --password)")
         if net.password_hash is not None and not pw.verify_password(net.password_hash, req.arg("password")):
             raise RequestRefused("wrong password")
         before = self._peers_of(conn.public_key)
@@ -465,7 +468,8 @@ class ControlServer:
         self._membership_changed(conn.public_key, before, "left")
         self._push_networks(conn.public_key, [net.name])
         if net.approval:
-            raise RequestRefused(f"asked to join {net.name!r}; waiting for the owner's approval")
+            return f"asked to join {net.name}; waiting for the owner's approval"
+        return None
 
     def _verb_leave(self, conn: Conn, req: M.Request) -> None:
         net = self._network(req)

@@ -23,11 +23,13 @@ from hamachi.config import ClientSettings, StaticPeer, parse_endpoint
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.session import AEADS
 from hamachi.crypto.ticket import session_id_of
+from hamachi.exitcodes import ExitCode, StartupError
 from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
 from hamachi.io import stun as stun_io
 from hamachi.io.control import ControlClient
 from hamachi.io.dataplane import DataPlane, RelayLink
+from hamachi.io.instance import InstanceLock, binding
 from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
@@ -101,7 +103,13 @@ class ClientDaemon:
         want = min(hard, max(soft, 2 * s.birthday_sockets + 256))
         if want > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        self.tun = TunDevice(s.interface, s.mode, offload=s.offload)
+        try:
+            self.tun = TunDevice(s.interface, s.mode, offload=s.offload)
+        except Exception as exc:  # pytun.Error carries (errno, text)
+            if getattr(exc, "args", (None,))[0] == 16:
+                raise StartupError(f"interface {s.interface} is in use by another program; set [tunnel] interface "
+                                   "to another name", ExitCode.IN_USE) from None
+            raise
         addrs = [a for a in (s.address4, s.address6) if a is not None]
         routes = []
         for p in s.peers:
@@ -109,7 +117,8 @@ class ClientDaemon:
                 if not any(a.network.subnet_of(x.network) for x in addrs if x.version == a.version):
                     routes.append(a.network)
         netconf.configure(self.tun.name, s.mtu, addrs, routes)
-        self.udp = UdpSocket("0.0.0.0", s.listen_port, offload=s.offload)
+        with binding("data (UDP)", "[tunnel] listen_port", s.listen_port):
+            self.udp = UdpSocket("0.0.0.0", s.listen_port, offload=s.offload)
         if s.server is not None and s.stun_port:
             # Before the packet loop owns the socket: learn what NAT lies on the way (RFC 5780).
             self.nat = nat_discovery.run(self.udp.sock, (_resolve(s.server.host), s.stun_port))
@@ -142,8 +151,9 @@ class ClientDaemon:
             self.udp.close()
         if self.tun is not None:
             self.tun.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.settings.api_socket.unlink()
+        if self.api_server is not None:  # never remove a socket another daemon made
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.api_socket.unlink()
 
     # -- the seam for the control plane ----------------------------------------
     async def _in_loop(self, fn):
@@ -284,6 +294,8 @@ class ClientDaemon:
                 raise localapi.ApiError(f"the server did not answer: {exc}") from exc
             if not reply.ok:
                 raise localapi.ApiError(reply.error)
+            if reply.ok == 2:  # accepted, not done yet: a join waiting for the owner's approval
+                return {"ok": True, "pending": True, "note": reply.error}
             return {"ok": True}
         return handler
 
@@ -294,6 +306,8 @@ class ClientDaemon:
         for n in sorted(self.control.networks.values(), key=lambda n: n.name):
             nets.append({"name": n.name, "owner": encode_key(n.owner), "mode": n.mode, "locked": bool(n.locked),
                          "approval": bool(n.approval), "max_members": n.max_members,
+                         "pending": any(m.public_key == self.settings.key.public and m.state == "pending"
+                                        for m in n.members),
                          "members": [{"nickname": m.nickname, "public_key": encode_key(m.public_key),
                                       "address4": m.address4, "address6": m.address6, "state": m.state,
                                       "online": bool(m.online), "owner": m.public_key == n.owner}
@@ -400,11 +414,13 @@ class ClientDaemon:
 
 
 def run(settings: ClientSettings) -> int:
+    lock = InstanceLock(settings.api_socket, "client").acquire()
     daemon = ClientDaemon(settings)
     try:
         daemon.start()
         asyncio.run(daemon.serve())
     finally:
         daemon.stop()
+        lock.release()
     log.info("stopped")
     return 0

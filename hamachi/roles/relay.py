@@ -9,6 +9,7 @@ import signal
 from hamachi.config import RelaySettings
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
+from hamachi.io.instance import InstanceLock
 from hamachi.io.relay import RelayService
 from hamachi.proto.relay import RelayTable
 
@@ -43,5 +44,9 @@ class RelayDaemon:
 
 
 def run(settings: RelaySettings) -> int:
-    asyncio.run(RelayDaemon(settings).serve())
+    lock = InstanceLock(settings.api_socket, "relay").acquire()
+    try:
+        asyncio.run(RelayDaemon(settings).serve())
+    finally:
+        lock.release()
     return 0

@@ -19,6 +19,7 @@ from hamachi.crypto import password as pw
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
 from hamachi.io.control import ControlListener
+from hamachi.io.instance import InstanceLock, binding
 from hamachi.io.stun import StunService
 from hamachi.proto.control_server import ControlServer, RelayInfo
 from hamachi.store import open_store
@@ -67,7 +68,8 @@ class ServerDaemon:
 
             self.cluster = await ClusterBus(self.settings.database, self.node, self.listener.runner).start()
         for ep in self.settings.listen:
-            await self.listener.listen(ep.host, ep.port)
+            with binding("control (TCP)", "[server] listen", ep.port):
+                await self.listener.listen(ep.host, ep.port)
         self.listening = [str(ep) for ep in self.settings.listen]
         https = self.settings.https_port
         if https and all(ep.port != https for ep in self.settings.listen):
@@ -82,7 +84,9 @@ class ServerDaemon:
         log.info("control server listening on %s", ", ".join(self.listening))
         stun = None
         if self.settings.stun_port and self.settings.public_addresses:
-            stun = await StunService(list(self.settings.public_addresses), self.settings.stun_port).start()
+            port = self.settings.stun_port
+            with binding("STUN (UDP)", "[server] stun_port", f"{port} or {port + 1}"):
+                stun = await StunService(list(self.settings.public_addresses), port).start()
         self.stun = stun
         api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token})
         stop = asyncio.Event()
@@ -100,6 +104,14 @@ class ServerDaemon:
 
 
 def run(settings: ServerSettings) -> int:
+    lock = InstanceLock(settings.api_socket, "server").acquire()
+    try:
+        return _run(settings)
+    finally:
+        lock.release()
+
+
+def _run(settings: ServerSettings) -> int:
     try:
         daemon = ServerDaemon(settings)
     except StoreError as exc:
