@@ -77,7 +77,7 @@ def test_networks_passwords_presence():
     (up_a,) = w.take("alice", M.PeerUp)
     (up_b,) = w.take("bob", M.PeerUp)
     assert up_a.public_key == w.key("bob") and up_b.public_key == w.key("alice")
-    assert up_a.endpoint.endswith(":41641")
+    assert [str(c) for c in up_a.candidates] == [f"{w.core.conns['bob'].source[0]}:41641"]
     # carol shares nothing with them and hears nothing
     assert w.take("carol", M.PeerUp) == [] and w.take("carol", M.Delta) == []
     # bob leaves: both sides drop the tunnel
@@ -186,7 +186,8 @@ def test_login_rate_limit_per_source():
 
 @pytest.mark.parametrize("msg", [
     M.Hello("v", "n", ""), M.Discovery(1, (("a", "b"),)), M.Request(1, "join", (("network", "x"),)), M.Ping(7),
-    M.Welcome("100.64.0.2", "fd00::2", 10, 48, "s"), M.PeerUp(b"k" * 32, "n", "a", "b", "e"),
+    M.Welcome("100.64.0.2", "fd00::2", 10, 48, "s"), M.PeerUp(b"k" * 32, "n", "a", "b", (M.Candidate(1, "203.0.113.7", 41641), M.Candidate(2, "fe80::1", 9))),
+    M.Discovery(1, (), (M.Candidate(2, "10.0.0.2", 41641),)),
     M.PeerDown(b"k" * 32, "left"), M.Reply(1, 0, "no"), M.Close("bye"),
     M.Netmap(3, (M.NetworkInfo("n", b"o" * 32, "tun", 0, 1, 5,
                               (M.MemberInfo(b"m" * 32, "x", "a", "b", "member", 1, "e"),)),)),

@@ -216,7 +216,8 @@ class ControlClient:
                  on_peer_up: Callable[[M.PeerUp], Awaitable[None]],
                  on_peer_down: Callable[[M.PeerDown], Awaitable[None]],
                  token: str = "", report: Callable[[], dict] | None = None,
-                 fallback_ports: tuple[int, ...] = ()):
+                 fallback_ports: tuple[int, ...] = (),
+                 candidates: Callable[[], tuple[M.Candidate, ...]] | None = None):
         # Several addresses (a cluster's nodes, or one name with several records): each new session
         # tries the next one, so a client whose node died is on another one at its first retry.
         self.servers = list(server) if isinstance(server, list) else [server]
@@ -228,6 +229,7 @@ class ControlClient:
         self.on_welcome, self.on_peer_up, self.on_peer_down = on_welcome, on_peer_up, on_peer_down
         self.token = token
         self.report = report or dict
+        self.candidates = candidates or tuple
         self.networks: dict[str, M.NetworkInfo] = {}
         self.seq = 0
         self.connected = False
@@ -325,7 +327,8 @@ class ControlClient:
                 raise DecodeError(f"expected Welcome, got {type(msg).__name__}")
             self.welcome = msg
             await self.on_welcome(msg)
-            st.write(M.Discovery(self.listen_port(), tuple((k, str(v)) for k, v in self.report().items())))
+            st.write(M.Discovery(self.listen_port(), tuple((k, str(v)) for k, v in self.report().items()),
+                                 tuple(self.candidates())[:M.MAX_CANDIDATES]))
             self._stream = st
             self.connected = True
             self.last_error = ""

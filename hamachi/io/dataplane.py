@@ -223,6 +223,14 @@ class DataPlane:
             self.drops["relay_tcp_full"] += 1
 
     def _send(self, datagrams: list[bytes], addr) -> None:
+        """Send to one destination; whatever goes wrong with it costs only these datagrams."""
+        try:
+            self._send_to(datagrams, addr)
+        except Exception:  # noqa: BLE001 - e.g. an unhashable or malformed address from a bug upstream
+            self.drops["send_error"] += len(datagrams)
+            log.debug("data plane: send to %r failed", addr, exc_info=True)
+
+    def _send_to(self, datagrams: list[bytes], addr) -> None:
         link = self.links.get(addr)
         if link is None:
             self._sock_for(addr).send_batch(datagrams, addr)

@@ -24,6 +24,9 @@ _CMSG_SPACE = socket.CMSG_SPACE(4)
 TRANSIENT = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
                        errno.EPERM, errno.EACCES, errno.EMSGSIZE})
 _U16 = struct.Struct("=H")
+# What a bad destination raises (a family the socket cannot reach, a port out of range...): the
+# datagram to it is lost and counted, never the others of the batch or of other peers.
+SEND_ERRORS = (OSError, OverflowError, TypeError, ValueError)
 
 
 class UdpSocket:
@@ -36,6 +39,7 @@ class UdpSocket:
         self.sock.setblocking(False)
         self.gso = False
         self.gro = False
+        self.send_errors = 0  # datagrams lost to a non-transient error (a bad destination)
         if offload:
             try:
                 self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -90,7 +94,9 @@ class UdpSocket:
                         for d in datagrams[i:j]:
                             sent += self._sendto(d, addr)
                     elif exc.errno not in TRANSIENT:
-                        raise
+                        self.send_errors += j - i
+                except SEND_ERRORS:
+                    self.send_errors += j - i
             i = j
         return sent
 
@@ -99,9 +105,12 @@ class UdpSocket:
             self.sock.sendto(d, addr)
             return 1
         except OSError as exc:
-            if exc.errno in TRANSIENT:
-                return 0
-            raise
+            if exc.errno not in TRANSIENT:
+                self.send_errors += 1
+            return 0
+        except SEND_ERRORS:
+            self.send_errors += 1
+            return 0
 
     def recv_batch(self) -> tuple[list[bytes], tuple[str, int]] | None:
         """One recvmsg: the datagrams (split at the GRO size) and their source; None when empty."""

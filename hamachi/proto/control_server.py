@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from hamachi.crypto import password as pw
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.ticket import Ticket
+from hamachi.proto import candidates as cand
 from hamachi.proto.ratelimit import RateLimiter
 from hamachi.store.protocol import NetworkRecord, Store, StoreError
 from hamachi.wire import control as M
@@ -73,7 +74,8 @@ class Conn:
     source: tuple[str, int]
     phase: str = "login"
     nickname: str = ""
-    endpoint: str = ""
+    candidates: tuple[M.Candidate, ...] = ()  # checked by the server (proto/candidates.py), best first
+    mapping: str = ""  # the NAT mapping the server's own STUN service observed ("" unknown)
     last_seen: float = 0.0
     seq: int = 0
     report: dict = field(default_factory=dict)
@@ -83,6 +85,23 @@ class Conn:
     @property
     def local(self) -> bool:
         return not self.node and self.lost_at is None
+
+    @property
+    def endpoint(self) -> str:
+        """The best candidate as text (what the netmap shows)."""
+        return str(self.candidates[0]) if self.candidates else ""
+
+
+def _candidates_of(info: dict) -> tuple[M.Candidate, ...]:
+    """Candidates another node published (already checked there); anything malformed is skipped."""
+    out = []
+    for item in list(info.get("candidates") or [])[:16]:
+        try:
+            kind, ip, port = item
+            out.append(M.Candidate(int(kind), str(ip), int(port)))
+        except (TypeError, ValueError):
+            continue
+    return tuple(out)
 
 
 class RequestRefused(Exception):
@@ -100,10 +119,12 @@ class ControlServer:
     def __init__(self, store: Store, now: float, *, registration: str = "open", default_max_members: int = 256,
                  prefix4: int = 10, prefix6: int = 48, login_rate: float = 5.0,
                  hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0,
-                 relays: tuple[RelayInfo, ...] = (), presence_debounce: float = 0.0, node: str = ""):
+                 relays: tuple[RelayInfo, ...] = (), presence_debounce: float = 0.0, node: str = "",
+                 stun_observed: cand.Observed | None = None):
         self.store = store
         self.presence_debounce = presence_debounce
         self.node = node
+        self.stun_observed = stun_observed  # txid -> source its STUN service saw (None: no STUN service)
         self.relays = relays
         self.now = now
         self.wall_offset = wall_offset  # token expiry is wall-clock time; `now` is monotonic
@@ -181,7 +202,8 @@ class ControlServer:
 
     # -- the cluster ---------------------------------------------------------------
     def presence_info(self, conn: Conn) -> dict:
-        return {"nickname": conn.nickname, "endpoint": conn.endpoint, "report": conn.report}
+        return {"nickname": conn.nickname, "report": conn.report, "mapping": conn.mapping,
+                "candidates": [[c.kind, c.ip, c.port] for c in conn.candidates]}
 
     def cluster_event(self, event: tuple, now: float) -> None:
         """Apply a change another node made (see the module docstring)."""
@@ -195,8 +217,8 @@ class ControlServer:
                 self._out.append((old.id, M.Close("logged in from elsewhere")))
                 self.conns.pop(old.id, None)
             self.online[key] = Conn(None, key, ("", 0), phase="sync", nickname=str(info.get("nickname", "")),
-                                    endpoint=str(info.get("endpoint", "")), report=dict(info.get("report", {})),
-                                    node=node, last_seen=now)
+                                    candidates=_candidates_of(info), mapping=str(info.get("mapping", "")),
+                                    report=dict(info.get("report", {})), node=node, last_seen=now)
         elif kind == "down":
             _, key, node = event
             oc = self.online.get(key)
@@ -274,14 +296,10 @@ class ControlServer:
                                    tuple((r.name, r.udp) for r in self.relays)))
 
     def _discovery(self, conn: Conn, msg: M.Discovery) -> None:
-        # Candidates, best first: the STUN-mapped endpoint from the client's discovery, else the
-        # address this connection comes from with the client's UDP port; then its LAN addresses.
-        host = conn.source[0]
+        # Only what the server observed itself, or can check, reaches other members.
         conn.report = dict(msg.report)
-        observed = f"[{host}]:{msg.listen_port}" if ":" in host else f"{host}:{msg.listen_port}"
-        cands = [conn.report.get("mapped") or observed]
-        cands += [c for c in conn.report.get("lan", "").split(",") if c and c not in cands]
-        conn.endpoint = ",".join(cands)
+        conn.candidates, conn.mapping = cand.derive(conn.source[0], msg.listen_port, conn.report,
+                                                    msg.candidates, self.stun_observed)
         conn.phase = "sync"
         self.online[conn.public_key] = conn
         self._cluster_out.append(("up", conn.public_key, self.presence_info(conn)))
@@ -352,8 +370,9 @@ class ControlServer:
         c = self.store.get_client(key)
         oc = self.online.get(key)
         nat = ""
-        if oc is not None and oc.report.get("mapping"):
-            nat = f"{oc.report.get('mapping')}/{oc.report.get('filtering', '')}"
+        if oc is not None and oc.mapping:
+            filtering = oc.report.get("filtering", "")
+            nat = f"{oc.mapping}/{filtering if filtering in cand.FILTERINGS else ''}"
         a, b = sorted((key, to))
         # The same session ids, tickets and relay order for both sides; new ones each day the pair meets.
         day = int((self.now + self.wall_offset) // TICKET_LIFETIME)
@@ -362,7 +381,7 @@ class ControlServer:
             sid = hashlib.blake2s(a + b + r.name.encode() + day.to_bytes(8, "big"), digest_size=8).digest()
             ticket = Ticket(sid, a, b, (day + 2) * int(TICKET_LIFETIME)).encode(r.ticket_key)
             offers.append(M.RelayOffer(r.name, r.udp, r.tcp, ticket))
-        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat, tuple(offers),
+        return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.candidates if oc else (), nat, tuple(offers),
                         0 if to == a else 1)
 
     def _relays_for(self, x: bytes, y: bytes) -> list[RelayInfo]:

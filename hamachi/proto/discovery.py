@@ -43,6 +43,7 @@ class NatReport:
     filtering: str | None = None
     hairpin: bool | None = None
     notes: list[str] = field(default_factory=list)
+    probes: dict[str, bytes] = field(default_factory=dict)  # step (T1, M2, M3) -> txid of its answered probe
 
     def to_dict(self) -> dict:
         return {"udp": self.udp, "mapped": f"{self.mapped[0]}:{self.mapped[1]}" if self.mapped else None,
@@ -135,6 +136,8 @@ class Discovery:
     def _advance(self, now: float, msg: S.StunMessage | None) -> None:
         r = self.report
         step = self._step
+        if msg is not None and step in ("T1", "M2", "M3"):
+            r.probes[step] = self._txid
         if step == "T1":
             if msg is None:
                 r.udp = False

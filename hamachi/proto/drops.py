@@ -23,3 +23,4 @@ NO_ENDPOINT = "no_endpoint"
 QUEUE_FULL = "queue_full"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 MALFORMED_INNER = "malformed_inner"
+HANDSHAKE_CAPPED = "handshake_capped"  # over the per-peer or per-destination handshake rate (anti-reflection)

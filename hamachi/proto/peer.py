@@ -90,6 +90,7 @@ class Peer:
     probe_interval: float = DIRECT_PROBE_INTERVAL  # while relayed: time between direct probes (backs off)
     relay_index: int = 0  # which of the peer's relays (in the server's order) we use when we need one
     last_heard: float = float("-inf")  # any authenticated message from the peer, on any path
+    sprays: int = 0  # birthday-probe rounds sent since the peer was (re)configured
     rx_bytes: int = 0
     rx_packets: int = 0
     tx_bytes: int = 0

@@ -14,12 +14,13 @@ times the size of the request, so the service is useless as a reflector.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from hamachi.wire import stun as S
 from hamachi.wire.codec import DecodeError
 
 AMPLIFICATION = 4
+SEEN_MAX = 8192  # recent Binding requests remembered by txid (the control server checks claims against them)
 SOFTWARE = b"hamachi"
 
 
@@ -29,6 +30,21 @@ class StunResponder:
         self.ports = (primary_port, alternate_port if alternate_port is not None else primary_port + 1)
         self.drops: Counter = Counter()
         self.answered = 0
+        self._seen: OrderedDict[bytes, S.Addr] = OrderedDict()
+
+    def observed(self, txid: bytes) -> S.Addr | None:
+        """Where a recent Binding request with this txid came from, as this service saw it.
+
+        The control server uses it to derive a client's public candidate and NAT mapping from
+        its own observations, never from what the client claims (the txids are unguessable, so
+        a client can only name its own probes)."""
+        return self._seen.get(txid)
+
+    def _remember(self, txid: bytes, source: S.Addr) -> None:
+        self._seen[txid] = source
+        self._seen.move_to_end(txid)
+        while len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
 
     @property
     def full_rfc5780(self) -> bool:
@@ -54,6 +70,7 @@ class StunResponder:
         if msg.msg_type != S.BINDING_REQUEST:
             self.drops["not_binding_request"] += 1
             return None
+        self._remember(msg.txid, source)
         addr, port = local
         if change & S.CHANGE_IP:
             if not self.full_rfc5780:

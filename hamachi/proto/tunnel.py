@@ -82,6 +82,11 @@ REKEY_AFTER_MESSAGES = 2**48  # a new session this often by count too (long befo
 TAI64_BASE = 2**62 + 10
 DIRECT_PROBE_MAX = 30.0  # while relayed, the direct probe interval doubles per failed probe, up to this
 RELAY_AFTER = 1.0  # a handshake unanswered this long also goes through the relay
+# Handshake initiations we send, whatever the server or a peer told us (a candidate list is
+# someone else's claim; these caps bound what any of them can aim at one address):
+PEER_HANDSHAKE_RATE, PEER_HANDSHAKE_BURST = 1.0, 5.0  # initiations per peer
+DEST_HANDSHAKE_RATE, DEST_HANDSHAKE_BURST = 0.5, 4.0  # datagrams per destination ip:port
+SPRAY_ROUNDS = 6  # birthday-probe rounds per peer configuration (one per handshake attempt), then no more
 
 
 def is_relayed(addr: Addr | None) -> bool:
@@ -124,6 +129,8 @@ class Tunnel:
         self._hs_limit = RateLimiter(rate=handshake_rate, burst=handshake_rate)
         self._hs_global = RateLimiter(rate=handshake_rate * 10, burst=handshake_rate * 10)
         self._hs_cookie_limit = RateLimiter(rate=handshake_rate, burst=handshake_rate)
+        self._init_limit = RateLimiter(rate=PEER_HANDSHAKE_RATE, burst=PEER_HANDSHAKE_BURST, max_keys=16384)
+        self._dest_limit = RateLimiter(rate=DEST_HANDSHAKE_RATE, burst=DEST_HANDSHAKE_BURST, max_keys=16384)
         self.started = now
 
     # -- configuration ---------------------------------------------------------
@@ -360,6 +367,12 @@ class Tunnel:
         if peer.endpoint is None:
             self._drop(D.NO_ENDPOINT, peer)
             return
+        # A rekey on a working path goes to an address the peer proved it holds; anything else goes to
+        # candidates someone else told us about, so it is capped (per peer here, per destination below).
+        rekey = peer.current is not None and not is_relayed(peer.endpoint) and not lost and not probe
+        if not rekey and not self._init_limit.allow(peer.public_key, now):
+            self._drop(D.HANDSHAKE_CAPPED, peer)
+            return
         if peer.pending is not None:
             self._index.pop(peer.pending.index, None)
         idx = self._new_index(peer)
@@ -375,7 +388,7 @@ class Tunnel:
         if probe:
             targets = direct  # looking for a way back to direct; the relayed session keeps working meanwhile
             pending.probe_only = True
-        elif peer.current is not None and not is_relayed(peer.endpoint) and not lost:
+        elif rekey:
             targets = [peer.endpoint]  # a plain rekey on a working path
         else:
             targets = direct  # connecting, rekeying a relayed session, or the path died: direct now,
@@ -385,8 +398,13 @@ class Tunnel:
             pending.relay_sent = True
         peer.last_direct_probe = now
         for t in targets:
-            self._out.append((wire, t))
-        if peer.config.spray and peer.current is None and peer.endpoint is not None and not is_relayed(peer.endpoint):
+            if rekey or is_relayed(t) or self._dest_limit.allow(t, now):
+                self._out.append((wire, t))
+            else:
+                self._drop(D.HANDSHAKE_CAPPED, peer)
+        if peer.config.spray and peer.current is None and peer.endpoint is not None and \
+                not is_relayed(peer.endpoint) and peer.sprays < SPRAY_ROUNDS:
+            peer.sprays += 1
             host = peer.endpoint[0]
             raw = self.rand(2 * peer.config.spray)
             for i in range(peer.config.spray):

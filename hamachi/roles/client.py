@@ -34,6 +34,7 @@ from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
 from hamachi.proto.tunnel import PeerConfig, Tunnel
+from hamachi.wire.control import MAX_CANDIDATES, Candidate
 
 log = logging.getLogger("hamachi.client")
 
@@ -135,7 +136,8 @@ class ClientDaemon:
             self.control = ControlClient(
                 s.key, [(ep.host, ep.port) for ep in s.servers], s.server_key, s.name, lambda: self.udp.port,
                 on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
-                report=self._discovery_report, fallback_ports=(s.fallback_port,))
+                report=self._discovery_report, fallback_ports=(s.fallback_port,),
+                candidates=self._own_candidates)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
                  self.dataplane.offload_status)
@@ -196,29 +198,39 @@ class ClientDaemon:
         rep = {}
         if self.nat is not None:
             rep = {k: str(v).lower() for k, v in self.nat.to_dict().items() if v is not None}
-        pf = self.settings.port_forward
-        lan = [f"{a}:{self.udp.port}" for a in netconf.local_ipv4_addresses({self.tun.name})]
-        if pf.enabled and pf.public_endpoint is not None:
-            lan.insert(0, str(pf.public_endpoint))
-        rep["lan"] = ",".join(lan)
+            # The server checks our public endpoint and NAT mapping against what its own STUN
+            # service saw for these probes (it ignores the claims above for that).
+            rep.update({f"txid:{step}": txid.hex() for step, txid in self.nat.probes.items()})
         for name, ms in self.relay_rtts.items():
             rep[f"rtt:{name}"] = str(ms)
         return rep
 
+    def _own_candidates(self) -> tuple[Candidate, ...]:
+        """Our LAN addresses and a configured port forward (the server keeps what it can check)."""
+        out = []
+        pf = self.settings.port_forward
+        if pf.enabled and pf.public_endpoint is not None:
+            with contextlib.suppress(ValueError):
+                out.append(Candidate(Candidate.FORWARDED, pf.public_endpoint.host, pf.public_endpoint.port))
+        for a in netconf.local_ipv4_addresses({self.tun.name}):
+            with contextlib.suppress(ValueError):
+                out.append(Candidate(Candidate.LAN, a, self.udp.port))
+        return tuple(out[:MAX_CANDIDATES])
+
     async def _on_peer_up(self, p) -> None:
-        cands = []
-        for item in p.endpoint.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if host and port.isdigit():
-                cands.append((host.strip("[]"), int(port)))
+        # Typed IP literals from the server; only those our socket's family can reach.
+        family = 6 if self.udp.sock.family == socket.AF_INET6 else 4
+        usable = [c for c in p.candidates if c.version == family]
+        cands = [c.addr for c in usable]
+        public = next((c.addr for c in usable if c.kind == Candidate.PUBLIC), None)
         addrs = (ipaddress.ip_interface(f"{p.address4}/32"), ipaddress.ip_interface(f"{p.address6}/128"))
-        spray = await self._birthday(p, cands[0] if cands else None)
+        spray = await self._birthday(p, public)
         for offer in p.relays:
             cands.append(await self._relay(offer, p.side))
         self.peer_relays[p.public_key] = [session_id_of(o.ticket) for o in p.relays]
         await self.add_peer(PeerConfig(p.public_key, addrs, cands[0] if cands else None, self.settings.keepalive,
                                        p.nickname, tuple(cands[1:]), spray))
-        log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, p.endpoint or "?")
+        log.info("tunnel to %s (%s) at %s", p.nickname, p.address4, ", ".join(map(str, usable)) or "?")
 
     async def _on_peer_down(self, p) -> None:
         if p.reason == "lost":
@@ -377,6 +389,8 @@ class ClientDaemon:
         drops = dict(snap["drops"])
         for k, v in self.dataplane.drops.items():
             drops[k] = drops.get(k, 0) + v
+        if self.udp.send_errors:
+            drops["send_error"] = drops.get("send_error", 0) + self.udp.send_errors
         return {
             "interface": self.tun.name,
             "mode": s.mode,

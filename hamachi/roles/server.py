@@ -40,11 +40,15 @@ class ServerDaemon:
                                   login_rate=s.login_rate, wall_offset=time.time() - time.monotonic(),
                                   relays=tuple(RelayInfo(r.name, str(r.udp), str(r.tcp) if r.tcp else "",
                                                          shared_key(s.key, r.public_key)) for r in s.relays),
-                                  presence_debounce=s.presence_debounce, node=self.node)
+                                  presence_debounce=s.presence_debounce, node=self.node,
+                                  stun_observed=self._stun_observed)
         self.listener = ControlListener(self.core, s.key)
         self.stun: StunService | None = None
         self.cluster = None
         self.listening: list[str] = []
+
+    def _stun_observed(self, txid: bytes):
+        return None if self.stun is None else self.stun.responder.observed(txid)
 
     async def _api_status(self, args: dict) -> dict:
         return {"public_key": self.settings.key.public_text(),

@@ -20,6 +20,7 @@ Phases (proto/control_server.py): login (Hello -> Welcome), discovery
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -53,7 +54,9 @@ def _w(kind: str, w: Writer, v: Any) -> None:
         for k, val in v:
             w.text16(k).text16(val)
     elif kind.startswith("list:"):
-        _RECORDS[kind[5:]]
+        name, limit = _list_kind(kind)
+        if len(v) > limit:
+            raise ValueError(f"{len(v)} {name} records exceed the limit of {limit}")
         w.u16(len(v))
         for item in v:
             item._write(w)
@@ -82,12 +85,19 @@ def _r(kind: str, r: Reader, name: str) -> Any:
             raise DecodeError(f"{name}: {n} entries is too many")
         return tuple((r.text16(name + " key"), r.text16(name + " value")) for _ in range(n))
     if kind.startswith("list:"):
-        sub = _RECORDS[kind[5:]]
+        sub_name, limit = _list_kind(kind)
+        sub = _RECORDS[sub_name]
         n = r.u16(name + " count")
-        if n > MAX_LIST:
-            raise DecodeError(f"{name}: {n} entries is too many")
+        if n > limit:
+            raise DecodeError(f"{name}: {n} entries is too many (at most {limit})")
         return tuple(sub._read(r) for _ in range(n))
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _list_kind(kind: str) -> tuple[str, int]:
+    """"list:Record" or "list:Record:limit" -> (record name, most entries allowed)."""
+    _, name, *limit = kind.split(":")
+    return name, int(limit[0]) if limit else MAX_LIST
 
 
 class _Fields:
@@ -144,6 +154,74 @@ def decode(data: bytes) -> Message:
 # -- records ------------------------------------------------------------------
 @record
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """One address a peer may be reached at: an IP literal (never a hostname), a port, a kind.
+
+        +------+--------+---------------------+----------+
+        | kind | family | address (4|16 bytes) | port u16 |
+        +------+--------+---------------------+----------+
+
+    kind: PUBLIC is what the server itself observed (the control connection's address, with
+    the port its STUN service saw for the client's discovery probe); LAN is a private or
+    link-local address the client reported; FORWARDED is a port forward the client configured
+    on its own public address. family is 4 or 6. A port of 0, an unknown kind or family is a
+    DecodeError; constructing one with a hostname or a bad port is a ValueError.
+    """
+
+    PUBLIC: ClassVar[int] = 1
+    LAN: ClassVar[int] = 2
+    FORWARDED: ClassVar[int] = 3
+    KINDS: ClassVar[frozenset[int]] = frozenset((1, 2, 3))
+
+    kind: int
+    ip: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"unknown candidate kind {self.kind}")
+        addr = ipaddress.ip_address(self.ip)  # ValueError for a hostname
+        if str(addr) != self.ip:
+            object.__setattr__(self, "ip", str(addr))
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"candidate port {self.port} is out of range 1..65535")
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.ip else 4
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        """The socket address (an IP literal and a port: never a name to resolve)."""
+        return self.ip, self.port
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.version == 6 else f"{self.ip}:{self.port}"
+
+    def _write(self, w: Writer) -> None:
+        w.u8(self.kind).u8(self.version).bytes(ipaddress.ip_address(self.ip).packed).u16(self.port)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Candidate:
+        kind = r.u8("candidate kind")
+        if kind not in cls.KINDS:
+            raise DecodeError(f"unknown candidate kind {kind}")
+        family = r.u8("candidate family")
+        if family not in (4, 6):
+            raise DecodeError(f"candidate family {family} is neither 4 nor 6")
+        raw = r.bytes(4 if family == 4 else 16, "candidate address")
+        port = r.u16("candidate port")
+        if port == 0:
+            raise DecodeError("candidate port 0")
+        return cls(kind, str(ipaddress.ip_address(raw)), port)
+
+
+MAX_CANDIDATES = 10  # the public one, a forwarded port, and up to 8 LAN addresses
+MAX_LAN_CANDIDATES = 8
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class MemberInfo(_Fields):
     FIELDS = ("key", "text", "text", "text", "text", "u8", "text")
     public_key: bytes
@@ -193,9 +271,15 @@ class Hello(Message):
 @message(2)
 @dataclass(frozen=True, slots=True)
 class Discovery(Message):
-    FIELDS = ("u16", "pairs")
+    """`candidates` are the client's own claims (LAN addresses, a forwarded port); the server
+    keeps only what it can check (see proto/control_server.py). `report` carries the NAT
+    discovery results and the txids of its STUN probes (txid:T1, txid:M2, txid:M3, hex), which
+    the server looks up in what its own STUN service saw."""
+
+    FIELDS = ("u16", "pairs", f"list:Candidate:{MAX_CANDIDATES}")
     listen_port: int
     report: tuple[tuple[str, str], ...] = ()
+    candidates: tuple[Candidate, ...] = ()
 
 
 @message(3)
@@ -265,17 +349,18 @@ class Delta(Message):
 @message(67)
 @dataclass(frozen=True, slots=True)
 class PeerUp(Message):
-    """Set up a tunnel. `endpoint` lists candidate host:port pairs, comma-separated, best first;
-    `nat` is the peer's discovered "mapping/filtering" behaviour (empty if unknown); `relays`
+    """Set up a tunnel. `candidates` are where the peer may be reached, best first (the server
+    checked them: see Candidate); `nat` is the peer's "mapping/filtering" behaviour, the mapping
+    as the server's own STUN service saw it (empty if unknown); `relays`
     are the relays the pair may meet at, best first (both sides get the same order), each with
     the pair's ticket for it; `side` says which end of the tickets we are."""
 
-    FIELDS = ("key", "text", "text", "text", "text", "text", "list:RelayOffer", "u8")
+    FIELDS = ("key", "text", "text", "text", f"list:Candidate:{MAX_CANDIDATES}", "text", "list:RelayOffer", "u8")
     public_key: bytes
     nickname: str
     address4: str
     address6: str
-    endpoint: str
+    candidates: tuple[Candidate, ...]
     nat: str = ""
     relays: tuple[RelayOffer, ...] = ()
     side: int = 0
