@@ -34,6 +34,7 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 4 << 20
 PING_INTERVAL = 10.0
 FALLBACK_DELAY = 1.0  # the usual port gets this long on its own before the fallback port is tried too
+MAX_PARTS = 256  # parts of one split netmap update (a 65535-member network needs about 120)
 
 
 class FrameError(Exception):
@@ -238,6 +239,7 @@ class ControlClient:
         self._stream: _Stream | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
+        self._parts: list = []  # parts of a split Netmap/Delta received so far
 
     async def run(self) -> None:
         backoff = 1.0
@@ -326,6 +328,7 @@ class ControlClient:
             if not isinstance(msg, M.Welcome):
                 raise DecodeError(f"expected Welcome, got {type(msg).__name__}")
             self.welcome = msg
+            self._parts.clear()
             await self.on_welcome(msg)
             st.write(M.Discovery(self.listen_port(), tuple((k, str(v)) for k, v in self.report().items()),
                                  tuple(self.candidates())[:M.MAX_CANDIDATES]))
@@ -349,7 +352,27 @@ class ControlClient:
             if self._stream is not None:
                 self._stream.write(M.Ping(n))
 
+    def _join_parts(self, msg: M.Netmap | M.Delta) -> M.Netmap | M.Delta | None:
+        """A large Netmap or Delta arrives in parts with one seq; None until the last part is in."""
+        parts = self._parts
+        if parts and (type(parts[0]) is not type(msg) or parts[0].seq != msg.seq):
+            parts.clear()  # an interrupted sequence: start over with this one
+        parts.append(msg)
+        if msg.more:
+            if len(parts) > MAX_PARTS:
+                parts.clear()
+                raise DecodeError(f"more than {MAX_PARTS} parts in one netmap update")
+            return None
+        whole = type(msg)(msg.seq, M.join_networks([p.networks for p in parts]), *(
+            (msg.removed,) if isinstance(msg, M.Delta) else ()))
+        parts.clear()
+        return whole
+
     async def _dispatch(self, msg: M.Message) -> None:
+        if isinstance(msg, (M.Netmap, M.Delta)):
+            msg = self._join_parts(msg)
+            if msg is None:
+                return
         if isinstance(msg, M.Netmap):
             self.seq = msg.seq
             self.networks = {n.name: n for n in msg.networks}

@@ -55,6 +55,8 @@ IDLE_TIMEOUT = 45.0
 TICKET_LIFETIME = 86400.0
 SERVER_VERSION = "hamachi/0.1"
 MAX_NAME = 64
+MAX_MEMBERS = 65535  # what NetworkInfo.max_members (u16) carries
+MAX_PASSWORD = 256
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,14 @@ def _valid_name(name: str, what: str) -> str:
     if not 1 <= len(name) <= MAX_NAME or not name.isprintable():
         raise RequestRefused(f"{what} must be 1-{MAX_NAME} printable characters")
     return name
+
+
+def _count_arg(text: str, default: int, what: str, most: int) -> int:
+    if not text:
+        return default
+    if not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= most:
+        raise RequestRefused(f"{what} must be a whole number from 1 to {most}")
+    return int(text)
 
 
 class ControlServer:
@@ -334,7 +344,16 @@ class ControlServer:
     def _send_netmap(self, conn: Conn) -> None:
         conn.seq += 1
         nets = tuple(ni for ni in (self._network_info(n) for n in self._visible(conn.public_key)) if ni)
-        self._send(conn, M.Netmap(conn.seq, nets))
+        parts = M.split_networks(nets)
+        for i, part in enumerate(parts):
+            self._send(conn, M.Netmap(conn.seq, part, int(i < len(parts) - 1)))
+
+    def _send_delta(self, conn: Conn, parts: list[tuple[M.NetworkInfo, ...]], removed: str = "") -> None:
+        """One Delta, in as many frames as it takes (all with the same seq; `more` on all but the last)."""
+        conn.seq += 1
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            self._send(conn, M.Delta(conn.seq, part, removed if last else "", int(not last)))
 
     def _push_networks(self, key: bytes, networks: list[str], skip: bytes | None = None,
                        removed_for: dict[bytes, str] | None = None) -> None:
@@ -343,16 +362,16 @@ class ControlServer:
             info = self._network_info(name)
             if info is None:
                 continue
+            parts = None  # split once, sent to every online member
             for m in info.members:
                 oc = self.online.get(m.public_key)
                 if oc is not None and m.public_key != skip:
-                    oc.seq += 1
-                    self._send(oc, M.Delta(oc.seq, (info,)))
+                    parts = parts or M.split_networks((info,))
+                    self._send_delta(oc, parts)
         for k, name in (removed_for or {}).items():
             oc = self.online.get(k)
             if oc is not None:
-                oc.seq += 1
-                self._send(oc, M.Delta(oc.seq, (), name))
+                self._send_delta(oc, [()], name)
 
     # -- presence -----------------------------------------------------------------
     def _peers_of(self, key: bytes) -> set[bytes]:
@@ -462,10 +481,15 @@ class ControlServer:
         mode = req.arg("mode", "tun")
         if mode not in ("tun", "tap"):
             raise RequestRefused("mode must be tun or tap")
+        if req.arg("approval", "0") not in ("0", "1"):
+            raise RequestRefused("approval must be 0 or 1")
+        max_members = _count_arg(req.arg("max_members"), self.default_max_members, "max_members", MAX_MEMBERS)
+        if len(password) > MAX_PASSWORD:
+            raise RequestRefused(f"a network password is at most {MAX_PASSWORD} characters")
         before = self._peers_of(conn.public_key)
         self.store.create_network(NetworkRecord(
             name, conn.public_key, pw.hash_password(password) if password else None, mode, False,
-            req.arg("approval") == "1", int(req.arg("max_members") or self.default_max_members)))
+            req.arg("approval") == "1", max_members))
         self._membership_changed(conn.public_key, before, "left")
         self._push_networks(conn.public_key, [name])
 

@@ -21,7 +21,7 @@ Phases (proto/control_server.py): login (Hello -> Welcome), discovery
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 from hamachi.wire.codec import DecodeError, Reader, Writer
@@ -29,34 +29,56 @@ from hamachi.wire.codec import DecodeError, Reader, Writer
 VERSION = 1
 MAX_FRAME = 65535
 MAX_LIST = 4096
+MAX_NAME_BYTES = 256  # a nickname or network name: 64 characters, up to 4 UTF-8 bytes each
+NAME, ADDR, HOSTPORT = f"text:{MAX_NAME_BYTES}", "text:64", "text:300"
+# A part of a split Netmap/Delta stays below this (the frame also holds the 16-byte AEAD tag).
+PART_BUDGET = 60000
 
 
 # -- field kinds --------------------------------------------------------------
+# "text:N" and "blob:N" hold at most N bytes, "pairs:C:K:V" at most C pairs of a K-byte key and a
+# V-byte value, "list:Record:C" at most C records: every field is bounded where it is decoded
+# (and encoded: the sender finds out first). Without a bound, a field's length prefix is the limit.
+def _bound(kind: str, i: int, default: int) -> int:
+    parts = kind.split(":")
+    return int(parts[i]) if len(parts) > i else default
+
+
+def _check_len(n: int, limit: int, what: str, exc: type[Exception]) -> None:
+    if n > limit:
+        raise exc(f"{what}: {n} is more than the {limit} allowed")
+
+
 def _w(kind: str, w: Writer, v: Any) -> None:
-    if kind == "u8":
+    base = kind.split(":", 1)[0]
+    if base == "u8":
         w.u8(v)
-    elif kind == "u16":
+    elif base == "u16":
         w.u16(v)
-    elif kind == "u32":
+    elif base == "u32":
         w.u32(v)
-    elif kind == "u64":
+    elif base == "u64":
         w.u64(v)
-    elif kind == "text":
-        w.text16(v)
-    elif kind == "blob":
+    elif base == "text":
+        raw = v.encode("utf-8")
+        _check_len(len(raw), _bound(kind, 1, 0xFFFF), "text bytes", ValueError)
+        w.lp16(raw)
+    elif base == "blob":
+        _check_len(len(v), _bound(kind, 1, 0xFFFF), "blob bytes", ValueError)
         w.lp16(v)
-    elif kind == "key":
+    elif base == "key":
         if len(v) != 32:
             raise ValueError("a key is 32 bytes")
         w.bytes(v)
-    elif kind == "pairs":
+    elif base == "pairs":
+        _check_len(len(v), _bound(kind, 1, MAX_LIST), "pairs", ValueError)
         w.u16(len(v))
         for k, val in v:
-            w.text16(k).text16(val)
-    elif kind.startswith("list:"):
+            _w(f"text:{_bound(kind, 2, 0xFFFF)}", w, k)
+            _w(f"text:{_bound(kind, 3, 0xFFFF)}", w, val)
+    elif base == "list":
         name, limit = _list_kind(kind)
-        if len(v) > limit:
-            raise ValueError(f"{len(v)} {name} records exceed the limit of {limit}")
+        _check_len(len(v), limit, f"{name} records", ValueError)
         w.u16(len(v))
         for item in v:
             item._write(w)
@@ -64,32 +86,44 @@ def _w(kind: str, w: Writer, v: Any) -> None:
         raise AssertionError(kind)
 
 
+def _text(r: Reader, limit: int, name: str) -> str:
+    n = r.u16(name + " length")
+    _check_len(n, limit, f"{name} bytes", DecodeError)
+    raw = r.bytes(n, name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"{name} is not UTF-8") from exc
+
+
 def _r(kind: str, r: Reader, name: str) -> Any:
-    if kind == "u8":
+    base = kind.split(":", 1)[0]
+    if base == "u8":
         return r.u8(name)
-    if kind == "u16":
+    if base == "u16":
         return r.u16(name)
-    if kind == "u32":
+    if base == "u32":
         return r.u32(name)
-    if kind == "u64":
+    if base == "u64":
         return r.u64(name)
-    if kind == "text":
-        return r.text16(name)
-    if kind == "blob":
-        return r.lp16(name)
-    if kind == "key":
+    if base == "text":
+        return _text(r, _bound(kind, 1, 0xFFFF), name)
+    if base == "blob":
+        n = r.u16(name + " length")
+        _check_len(n, _bound(kind, 1, 0xFFFF), f"{name} bytes", DecodeError)
+        return r.bytes(n, name)
+    if base == "key":
         return r.bytes(32, name)
-    if kind == "pairs":
+    if base == "pairs":
         n = r.u16(name + " count")
-        if n > MAX_LIST:
-            raise DecodeError(f"{name}: {n} entries is too many")
-        return tuple((r.text16(name + " key"), r.text16(name + " value")) for _ in range(n))
-    if kind.startswith("list:"):
+        _check_len(n, _bound(kind, 1, MAX_LIST), f"{name} entries", DecodeError)
+        klen, vlen = _bound(kind, 2, 0xFFFF), _bound(kind, 3, 0xFFFF)
+        return tuple((_text(r, klen, name + " key"), _text(r, vlen, name + " value")) for _ in range(n))
+    if base == "list":
         sub_name, limit = _list_kind(kind)
         sub = _RECORDS[sub_name]
         n = r.u16(name + " count")
-        if n > limit:
-            raise DecodeError(f"{name}: {n} entries is too many (at most {limit})")
+        _check_len(n, limit, f"{name} entries", DecodeError)
         return tuple(sub._read(r) for _ in range(n))
     raise AssertionError(kind)  # pragma: no cover
 
@@ -223,7 +257,7 @@ MAX_LAN_CANDIDATES = 8
 @record
 @dataclass(frozen=True, slots=True)
 class MemberInfo(_Fields):
-    FIELDS = ("key", "text", "text", "text", "text", "u8", "text")
+    FIELDS = ("key", NAME, ADDR, ADDR, "text:16", "u8", "text:64")
     public_key: bytes
     nickname: str
     address4: str
@@ -238,7 +272,7 @@ class MemberInfo(_Fields):
 class RelayOffer(_Fields):
     """One relay for one pair: where it listens ("host:port", tcp may be empty) and the ticket."""
 
-    FIELDS = ("text", "text", "text", "blob")
+    FIELDS = (NAME, HOSTPORT, HOSTPORT, "blob:1024")
     name: str
     udp: str
     tcp: str
@@ -248,7 +282,7 @@ class RelayOffer(_Fields):
 @record
 @dataclass(frozen=True, slots=True)
 class NetworkInfo(_Fields):
-    FIELDS = ("text", "key", "text", "u8", "u8", "u16", "list:MemberInfo")
+    FIELDS = (NAME, "key", "text:16", "u8", "u8", "u16", "list:MemberInfo")
     name: str
     owner: bytes
     mode: str
@@ -262,7 +296,7 @@ class NetworkInfo(_Fields):
 @message(1)
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
-    FIELDS = ("text", "text", "text")
+    FIELDS = ("text:64", NAME, "text:256")
     client_version: str
     nickname: str
     token: str = ""
@@ -276,7 +310,7 @@ class Discovery(Message):
     discovery results and the txids of its STUN probes (txid:T1, txid:M2, txid:M3, hex), which
     the server looks up in what its own STUN service saw."""
 
-    FIELDS = ("u16", "pairs", f"list:Candidate:{MAX_CANDIDATES}")
+    FIELDS = ("u16", "pairs:64:64:256", f"list:Candidate:{MAX_CANDIDATES}")
     listen_port: int
     report: tuple[tuple[str, str], ...] = ()
     candidates: tuple[Candidate, ...] = ()
@@ -285,7 +319,7 @@ class Discovery(Message):
 @message(3)
 @dataclass(frozen=True, slots=True)
 class Request(Message):
-    FIELDS = ("u32", "text", "pairs")
+    FIELDS = ("u32", "text:32", "pairs:16:32:1024")
     req_id: int
     verb: str
     args: tuple[tuple[str, str], ...] = ()
@@ -318,7 +352,7 @@ class Welcome(Message):
     """`relays` maps each relay's name to its UDP host:port; the client measures its RTT to each
     (a STUN Binding) and reports them in Discovery as rtt:<name> = milliseconds."""
 
-    FIELDS = ("text", "text", "u8", "u8", "text", "pairs")
+    FIELDS = (ADDR, ADDR, "u8", "u8", "text:64", f"pairs:64:{MAX_NAME_BYTES}:300")
     address4: str
     address6: str
     prefix4: int
@@ -330,9 +364,10 @@ class Welcome(Message):
 @message(65)
 @dataclass(frozen=True, slots=True)
 class Netmap(Message):
-    FIELDS = ("u64", "list:NetworkInfo")
+    FIELDS = ("u64", "list:NetworkInfo", "u8")
     seq: int
     networks: tuple[NetworkInfo, ...]
+    more: int = 0  # 1: another part with the same seq follows (see `split`)
 
 
 @message(66)
@@ -340,10 +375,11 @@ class Netmap(Message):
 class Delta(Message):
     """One network changed (`networks` holds it) or is gone for this client (`removed`)."""
 
-    FIELDS = ("u64", "list:NetworkInfo", "text")
+    FIELDS = ("u64", "list:NetworkInfo", NAME, "u8")
     seq: int
     networks: tuple[NetworkInfo, ...]
     removed: str = ""
+    more: int = 0  # 1: another part with the same seq follows (see `split`)
 
 
 @message(67)
@@ -355,7 +391,7 @@ class PeerUp(Message):
     are the relays the pair may meet at, best first (both sides get the same order), each with
     the pair's ticket for it; `side` says which end of the tickets we are."""
 
-    FIELDS = ("key", "text", "text", "text", f"list:Candidate:{MAX_CANDIDATES}", "text", "list:RelayOffer", "u8")
+    FIELDS = ("key", NAME, ADDR, ADDR, f"list:Candidate:{MAX_CANDIDATES}", "text:64", "list:RelayOffer:16", "u8")
     public_key: bytes
     nickname: str
     address4: str
@@ -371,7 +407,7 @@ class PeerUp(Message):
 class PeerDown(Message):
     """Drop the tunnel ("left", "logout", "evicted"), or check it yourself ("lost")."""
 
-    FIELDS = ("key", "text")
+    FIELDS = ("key", "text:64")
     public_key: bytes
     reason: str
 
@@ -379,7 +415,7 @@ class PeerDown(Message):
 @message(69)
 @dataclass(frozen=True, slots=True)
 class Reply(Message):
-    FIELDS = ("u32", "u8", "text")
+    FIELDS = ("u32", "u8", "text:1024")
     req_id: int
     ok: int
     error: str = ""
@@ -395,8 +431,52 @@ class Pong(Message):
 @message(71)
 @dataclass(frozen=True, slots=True)
 class Close(Message):
-    FIELDS = ("text",)
+    FIELDS = ("text:1024",)
     reason: str
+
+
+# -- large netmaps ------------------------------------------------------------------
+def _size(rec) -> int:
+    w = Writer()
+    rec._write(w)
+    return len(w.getvalue())
+
+
+def split_networks(networks: tuple[NetworkInfo, ...], budget: int = PART_BUDGET - 64) -> list[tuple[NetworkInfo, ...]]:
+    """Networks in parts that each encode within `budget` bytes; a network with many members is
+    spread over several parts, each with the network's own fields and some of its members.
+    Members are measured once, so the parts can be sent to many recipients."""
+    parts: list[tuple[NetworkInfo, ...]] = []
+    cur: list[NetworkInfo] = []
+    used = 2
+    for net in networks:
+        head = _size(replace(net, members=()))
+        chunk: list[MemberInfo] = []
+        chunk_size = 0
+        for m in net.members:
+            ms = _size(m)
+            if used + head + chunk_size + ms > budget and (chunk or cur):
+                if chunk:
+                    cur.append(replace(net, members=tuple(chunk)))
+                parts.append(tuple(cur))
+                cur, used, chunk, chunk_size = [], 2, [], 0
+            chunk.append(m)
+            chunk_size += ms
+        if chunk or not net.members:
+            cur.append(replace(net, members=tuple(chunk)))
+            used += head + chunk_size
+    parts.append(tuple(cur))
+    return parts
+
+
+def join_networks(parts: list[tuple[NetworkInfo, ...]]) -> tuple[NetworkInfo, ...]:
+    """The inverse of `split_networks`: parts of one network become one NetworkInfo again."""
+    merged: dict[str, NetworkInfo] = {}
+    for part in parts:
+        for net in part:
+            old = merged.get(net.name)
+            merged[net.name] = net if old is None else replace(net, members=old.members + net.members)
+    return tuple(merged.values())
 
 
 def frame(payload: bytes) -> bytes:
