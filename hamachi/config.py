@@ -43,6 +43,13 @@ DEFAULT_POOL_SIZE = 8  # PostgreSQL connections per server node
 # A client whose control connection drops and that is back (on any node) within this many
 # seconds is never seen going offline by its peers.
 DEFAULT_PRESENCE_DEBOUNCE = 10.0
+# LAN (broadcast/multicast and TAP floods), per sender and network; the owner may change them
+# (`client broadcast NET --pps N --bps N`). Game discovery sends a few packets a second.
+DEFAULT_BROADCAST_PPS = 500
+DEFAULT_BROADCAST_BPS = 2_000_000
+BROADCAST_PPS_RANGE = (1, 100_000)
+BROADCAST_BPS_RANGE = (1_000, 1_000_000_000)
+DEFAULT_BRIDGE_MACS = 64  # MACs a bridge member may bring into a TAP network from the LAN behind it
 # Never hand out addresses from other people's public blocks (25/8, 5/8).
 FORBIDDEN_OVERLAY4 = (ipaddress.ip_network("25.0.0.0/8"), ipaddress.ip_network("5.0.0.0/8"))
 
@@ -115,6 +122,11 @@ class ClientSettings:
     # The data AEAD: "auto" measures which is faster here (AES-GCM with AES instructions, else
     # ChaCha20-Poly1305) and offers both, that one first; a name allows only that one.
     cipher: str = "auto"
+    # Routing options for LAN games on TUN (see README "Broadcast and multicast"): a route for
+    # 224.0.0.0/4 through the overlay (multicast sent without choosing an interface goes there),
+    # and a host route for 255.255.255.255 (unbound limited broadcasts go there, not to the LAN).
+    multicast_route: bool = True
+    broadcast_route: bool = False
     port_forward: PortForward = PortForward()
     peers: tuple[StaticPeer, ...] = ()
     # Every control server address, tried in turn (a cluster's nodes); `server` is the first.
@@ -517,6 +529,8 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     birthday_probes = t.integer("birthday_probes", 256, 0, 4096)
     keepalive = t.number("keepalive", DEFAULT_KEEPALIVE, 0, 3600)
     cipher = t.choice("cipher", "auto", ("auto", "chacha20poly1305", "aes256gcm"))
+    multicast_route = t.get("multicast_route", bool, True)
+    broadcast_route = t.get("broadcast_route", bool, False)
     t.finish()
 
     f = ld.section("port_forward")
@@ -560,6 +574,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         interface=interface, mode=mode,
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
         birthday_sockets=birthday_sockets, birthday_probes=birthday_probes, cipher=cipher,
+        multicast_route=multicast_route, broadcast_route=broadcast_route,
         keepalive=keepalive, port_forward=pf, peers=tuple(peers), servers=tuple(servers),
     )
 

@@ -286,3 +286,24 @@ def test_cluster_events_fan_out_once_and_deliver_remotely():
     w.flush()
     assert [d.reason for d in w.take("alice", M.PeerDown)] == ["lost"]
     assert ("down", bob.public, "lost") in w.core.cluster_outbox()
+
+
+def test_owner_sets_broadcast_and_bridges_and_members_see_them():
+    w = World()
+    for n in ("alice", "bob"):
+        w.login(n)
+    assert w.ask("alice", "create", network="lan").ok
+    assert w.ask("bob", "join", network="lan").ok
+    assert w.ask("bob", "broadcast", network="lan", state="off").error == "you are not the owner of 'lan'"
+    assert "pps must be a whole number" in w.ask("alice", "broadcast", network="lan", pps="-3").error
+    assert w.ask("alice", "broadcast", network="lan", state="off", pps="50").ok
+    deltas = [m for m in w.take("bob", M.Delta) if m.networks]
+    assert dict(deltas[-1].networks[0].settings) == {"broadcast": "off", "broadcast_pps": "50"}
+    assert "bridging needs a TAP network" in w.ask("alice", "bridge", network="lan", member="bob", state="on").error
+    assert w.ask("alice", "create", network="eth", mode="tap").ok
+    assert w.ask("bob", "join", network="eth").ok
+    assert w.ask("alice", "bridge", network="eth", member="bob", state="on").ok
+    info = [m for m in w.take("bob", M.Delta) if m.networks and m.networks[0].name == "eth"][-1].networks[0]
+    assert info.setting("bridges") == w.key("bob").hex()
+    assert w.ask("alice", "bridge", network="eth", member="bob", state="off").ok
+    assert w.store.network_settings("eth") == {}

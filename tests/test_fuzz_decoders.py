@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hamachi.crypto.keys import KeyPair
 from hamachi.proto import offload
 from hamachi.proto.tunnel import PeerConfig, Tunnel
+from hamachi.wire import lan as L
 from hamachi.wire import stun as S
 from hamachi.wire import transport as T
 from hamachi.wire.codec import DecodeError
@@ -36,6 +37,8 @@ DECODERS = [
      T.HandshakeResponse(7, 9, os.urandom(T.RESPONSE_NOISE_LEN)).encode()),
     ("cookie_reply", T.CookieReply.decode, T.CookieReply(7, os.urandom(24), os.urandom(32)).encode()),
     ("data_header", T.DataHeader.decode, T.DataHeader(7, 99).encode() + os.urandom(20)),
+    ("lan_frame", L.LanMessage.decode, L.LanMessage(L.KIND_FRAME, os.urandom(8), os.urandom(60)).encode()),
+    ("lan_group", L.LanMessage.decode, L.LanMessage(L.KIND_GROUP, os.urandom(8), os.urandom(40)).encode()),
 ]
 
 

@@ -132,3 +132,17 @@ def test_tokens_are_one_time_and_expire(make_store):
     assert s.use_token(b"h1", 50.0) and not s.use_token(b"h1", 50.0)
     s.add_token(b"h2", expires=100.0)
     assert not s.use_token(b"h2", 150.0)
+
+
+def test_network_settings_survive_reopen_and_go_with_the_network(make_store):
+    s = make_store()
+    k = KeyPair.generate().public
+    s.register_client(k, "alice", 1.0)
+    s.create_network(NetworkRecord("lan", k, None, "tap", False, False, 10))
+    s.set_network_settings("lan", {"broadcast": "off", "broadcast_pps": "50"})
+    s.set_network_settings("lan", {"broadcast_pps": None})
+    s.close()
+    s = make_store()
+    assert s.network_settings("lan") == {"broadcast": "off"}
+    s.delete_network("lan")
+    assert s.network_settings("lan") == {}

@@ -465,6 +465,32 @@ _owner_verb("evict", "Owner: remove a member.", True)
 _owner_verb("transfer", "Owner: hand the network to another member.", True)
 
 
+@client_app.command("broadcast")
+def client_broadcast(
+    network: NetworkArg,
+    state: Annotated[str | None, typer.Argument(help="on or off (omit to change only the rate limit).")] = None,
+    pps: Annotated[str | None, typer.Option(help="Per-sender limit in packets/s, or 'default'.")] = None,
+    bps: Annotated[str | None, typer.Option(help="Per-sender limit in bytes/s, or 'default'.")] = None,
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Owner: turn broadcast/multicast (LAN game discovery) on or off, or set its rate limit."""
+    settings = _load("client", config)
+    _network_verb("broadcast", settings, as_json, f"broadcast settings of {network} changed", network=network,
+                  state=state, pps=pps, bps=bps)
+
+
+@client_app.command("bridge")
+def client_bridge(
+    network: NetworkArg, member: MemberArg,
+    state: Annotated[str, typer.Argument(help="on or off.")],
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Owner: let a member of a TAP network bridge the LAN behind it (its LAN's MACs are allowed)."""
+    settings = _load("client", config)
+    _network_verb("bridge", settings, as_json, f"bridge {state}: {member} in {network}", network=network,
+                  member=member, state=state)
+
+
 @client_app.command("nick")
 def client_nick(nickname: Annotated[str, typer.Argument(help="Your new nickname.")], config: ConfigOpt = None,
                 as_json: JsonOpt = False) -> None:

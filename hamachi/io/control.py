@@ -218,7 +218,8 @@ class ControlClient:
                  on_peer_down: Callable[[M.PeerDown], Awaitable[None]],
                  token: str = "", report: Callable[[], dict] | None = None,
                  fallback_ports: tuple[int, ...] = (),
-                 candidates: Callable[[], tuple[M.Candidate, ...]] | None = None):
+                 candidates: Callable[[], tuple[M.Candidate, ...]] | None = None,
+                 on_networks: Callable[[dict[str, M.NetworkInfo]], Awaitable[None]] | None = None):
         # Several addresses (a cluster's nodes, or one name with several records): each new session
         # tries the next one, so a client whose node died is on another one at its first retry.
         self.servers = list(server) if isinstance(server, list) else [server]
@@ -231,6 +232,7 @@ class ControlClient:
         self.token = token
         self.report = report or dict
         self.candidates = candidates or tuple
+        self.on_networks = on_networks
         self.networks: dict[str, M.NetworkInfo] = {}
         self.seq = 0
         self.connected = False
@@ -385,6 +387,8 @@ class ControlClient:
                 self.networks[n.name] = n
             if msg.removed:
                 self.networks.pop(msg.removed, None)
+        if isinstance(msg, (M.Netmap, M.Delta)) and self.on_networks is not None:
+            await self.on_networks(self.networks)
         elif isinstance(msg, M.PeerUp):
             await self.on_peer_up(msg)
         elif isinstance(msg, M.PeerDown):

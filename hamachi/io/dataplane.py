@@ -382,6 +382,7 @@ class DataPlane:
         packets to one peer leave in one GSO sendmsg, not one syscall each."""
         tun, tunnel, vnet = self.tun, self.tunnel, self.tun.vnet
         read, single = tun.read, offload.single
+        lan = tunnel.lan
         batches: dict = {}
         held = 0
         last_dst, last_peer = None, None
@@ -410,7 +411,16 @@ class DataPlane:
                 last_dst, last_peer = dst, tunnel.route_peer(dst)
             peer = last_peer
             if peer is None:
-                tunnel.drops["no_route"] += 1
+                if lan.is_group(pkt):  # broadcast/multicast: a copy for each co-member
+                    for seg in multi or (pkt,):
+                        for cp, m in tunnel.group_copies(seg, now):
+                            lst = batches.get(cp)
+                            if lst is None:
+                                batches[cp] = lst = []
+                            lst.append(m)
+                            held += 1
+                else:
+                    tunnel.drops["no_route"] += 1
                 continue
             lst = batches.get(peer)
             if lst is None:

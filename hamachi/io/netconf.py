@@ -18,12 +18,25 @@ def _ip(*args: str) -> None:
 
 
 def configure(name: str, mtu: int, addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
-              routes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
+              routes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (), *, lan: bool = False,
+              multicast_route: bool = False, broadcast_route: bool = False) -> None:
+    """Addresses, routes, MTU; `lan` makes the interface usable like a LAN segment by games:
+    IPv4 addresses get their directed broadcast (`brd +`), the device no IPv6 link-local address
+    (so ff02::1 and other link-scope multicast leave from the overlay address, which peers accept),
+    and optionally 224.0.0.0/4 and 255.255.255.255 are routed to it (see README)."""
     _ip("link", "set", "dev", name, "mtu", str(mtu))
+    if lan:
+        _ip("link", "set", "dev", name, "addrgenmode", "none")
     for a in addresses:
-        _ip("-6" if a.version == 6 else "-4", "addr", "add", str(a), "dev", name, *(
-            ["nodad"] if a.version == 6 else []))
+        extra = ["nodad"] if a.version == 6 else (["broadcast", "+"] if lan and a.network.prefixlen <= 30 else [])
+        _ip("-6" if a.version == 6 else "-4", "addr", "replace", str(a), "dev", name, *extra)
     _ip("link", "set", "dev", name, "up")
+    if lan:
+        _ip("-6", "addr", "flush", "dev", name, "scope", "link")
+        if multicast_route:
+            _ip("-4", "route", "replace", "224.0.0.0/4", "dev", name, "metric", "1000")
+        if broadcast_route:
+            _ip("-4", "route", "replace", "255.255.255.255/32", "dev", name)
     for net in routes:
         _ip("-6" if net.version == 6 else "-4", "route", "replace", str(net), "dev", name)
 

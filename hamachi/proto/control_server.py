@@ -43,6 +43,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hamachi.config import BROADCAST_BPS_RANGE, BROADCAST_PPS_RANGE
 from hamachi.crypto import password as pw
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.ticket import Ticket
@@ -336,7 +337,7 @@ class ControlServer:
         if n is None:
             return None
         return M.NetworkInfo(n.name, n.owner, n.mode, int(n.locked), int(n.approval), n.max_members,
-                             self._member_info(name))
+                             self._member_info(name), tuple(self.store.network_settings(name).items()))
 
     def _visible(self, key: bytes) -> list[str]:
         return [m.network for m in self.store.memberships(key)]
@@ -573,6 +574,43 @@ class ControlServer:
         self.store.set_nickname(conn.public_key, nickname)
         conn.nickname = nickname
         self._push_networks(conn.public_key, self._visible(conn.public_key))
+
+    def _verb_broadcast(self, conn: Conn, req: M.Request) -> None:
+        """Owner: broadcast/multicast on or off, and the per-sender rate limit (packets/s, bytes/s)."""
+        net = self._owned(conn, req)
+        values: dict[str, str | None] = {}
+        state = req.arg("state")
+        if state:
+            if state not in ("on", "off"):
+                raise RequestRefused("broadcast must be on or off")
+            values["broadcast"] = state
+        for key, (lo, hi) in (("pps", BROADCAST_PPS_RANGE), ("bps", BROADCAST_BPS_RANGE)):
+            text = req.arg(key)
+            if not text:
+                continue
+            if text == "default":
+                values[f"broadcast_{key}"] = None
+                continue
+            if not text.isdigit() or not lo <= int(text) <= hi:
+                raise RequestRefused(f"{key} must be a whole number from {lo} to {hi}, or 'default'")
+            values[f"broadcast_{key}"] = str(int(text))
+        if values:
+            self.store.set_network_settings(net.name, values)
+        self._push_networks(conn.public_key, [net.name])
+
+    def _verb_bridge(self, conn: Conn, req: M.Request) -> None:
+        """Owner: let a member of a TAP network bridge a LAN (its learned MACs are allowed, capped)."""
+        net = self._owned(conn, req)
+        if net.mode != "tap":
+            raise RequestRefused(f"{net.name!r} is a TUN network; bridging needs a TAP network (--mode tap)")
+        key = self._member_arg(net, req)
+        state = req.arg("state")
+        if state not in ("on", "off"):
+            raise RequestRefused("bridge must be on or off")
+        have = [k for k in self.store.network_settings(net.name).get("bridges", "").split(",") if k]
+        want = [k for k in have if k != key.hex()] + ([key.hex()] if state == "on" else [])
+        self.store.set_network_settings(net.name, {"bridges": ",".join(want) or None})
+        self._push_networks(conn.public_key, [net.name])
 
     def _verb_bye(self, conn: Conn, req: M.Request) -> None:
         self._send(conn, M.Reply(req.req_id, 1, ""))

@@ -24,3 +24,12 @@ QUEUE_FULL = "queue_full"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 MALFORMED_INNER = "malformed_inner"
 HANDSHAKE_CAPPED = "handshake_capped"  # over the per-peer or per-destination handshake rate (anti-reflection)
+# LAN (broadcast copies and Ethernet frames), per network
+BROADCAST_RATE = "broadcast_rate"  # over the network's per-sender broadcast/multicast rate limit
+BROADCAST_OFF = "broadcast_off"  # the network's owner turned broadcast/multicast off
+SPOOFED_MAC = "spoofed_mac"  # a frame whose source MAC is not the sender's (nor a bridge's learned one)
+LAN_UNKNOWN_NETWORK = "lan_unknown_network"  # a copy for a network we are not in (or of the other mode)
+LAN_NOT_MEMBER = "lan_not_member"  # from a peer that is not a member of the network it names
+LAN_NOT_GROUP = "lan_not_group"  # a "group" copy whose destination is unicast
+LAN_NOT_FOR_US = "lan_not_for_us"  # flooded unicast for another MAC (we are not a bridge)
+LAN_MALFORMED = "lan_malformed"

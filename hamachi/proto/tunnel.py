@@ -45,6 +45,7 @@ from hamachi.crypto.keys import KeyPair
 from hamachi.crypto.noise import HandshakeError, NoiseIK
 from hamachi.crypto.session import AEAD_IDS, AEAD_NAMES, Session
 from hamachi.proto import drops as D
+from hamachi.proto.lan import Lan
 from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import them from here)
     DIRECT_PROBE_INTERVAL,
     QUEUE_LIMIT,
@@ -58,6 +59,7 @@ from hamachi.proto.peer import (  # noqa: F401  (re-exported: callers import the
     inner_source,
 )
 from hamachi.proto.ratelimit import RateLimiter
+from hamachi.wire import lan as L
 from hamachi.wire.codec import DecodeError
 from hamachi.wire.transport import (
     DATA_HEADER_LEN,
@@ -132,6 +134,10 @@ class Tunnel:
         self._init_limit = RateLimiter(rate=PEER_HANDSHAKE_RATE, burst=PEER_HANDSHAKE_BURST, max_keys=16384)
         self._dest_limit = RateLimiter(rate=DEST_HANDSHAKE_RATE, burst=DEST_HANDSHAKE_BURST, max_keys=16384)
         self.started = now
+        # LAN policy (broadcast copies, Ethernet frames); frames for TAP devices wait in `frames_in`
+        # as (network id, frame) until the I/O shell writes them.
+        self.lan = Lan(local.public)
+        self.frames_in: list[tuple[bytes, bytes]] = []
 
     # -- configuration ---------------------------------------------------------
     def add_peer(self, cfg: PeerConfig) -> Peer:
@@ -231,12 +237,32 @@ class Tunnel:
         s.last_sent = now
         return out
 
+    def group_copies(self, packet: bytes, now: float) -> list[tuple[Peer, bytes]]:
+        """A broadcast/multicast packet from the TUN -> one LAN message per co-member (proto/lan.py)."""
+        copies, reason = self.lan.group_copies(packet, self.peers, now)
+        if reason is not None:
+            self._drop(reason)
+        peers = self.peers
+        return [(peers[k], m) for k, m in copies]
+
+    def frame_copies(self, network: bytes, frame: bytes, now: float) -> list[tuple[Peer, bytes]]:
+        """An Ethernet frame from a TAP network's device -> the member(s) it goes to."""
+        copies, reason = self.lan.frame_out(network, frame, self.peers, now)
+        if reason is not None:
+            self._drop(reason)
+        peers = self.peers
+        return [(peers[k], m) for k, m in copies]
+
     def send(self, packets: list[bytes], now: float) -> list[tuple[list[bytes], Addr]]:
         """Inner packets from the TUN -> sealed datagrams grouped per endpoint."""
         by_peer: dict[Peer, list[bytes]] = {}
         for p in packets:
             dst = inner_destination(p)
             peer = self.router.lookup(dst) if dst is not None else None
+            if peer is None and dst is not None and self.lan.is_group(p):
+                for cp, m in self.group_copies(p, now):
+                    by_peer.setdefault(cp, []).append(m)
+                continue
             if peer is None:
                 self._drop(D.NO_ROUTE if dst is not None else D.MALFORMED_INNER)
                 continue
@@ -324,6 +350,11 @@ class Tunnel:
             for pt in pts:
                 if not pt:
                     continue  # keepalive
+                if pt[0] == L.TYPE_LAN:
+                    if self._lan_in(peer, pt, now, inner):
+                        got += 1
+                        nbytes += len(pt)
+                    continue
                 # The peer's own address (an exact route) decides at once; prefixes and malformed
                 # packets take Router.allowed_source.
                 src = pt[12:16] if pt[0] >> 4 == 4 else pt[8:24]
@@ -335,6 +366,29 @@ class Tunnel:
                 nbytes += len(pt)
             peer.rx_bytes += nbytes
             peer.rx_packets += got
+
+    def _lan_in(self, peer: Peer, pt: bytes, now: float, inner: list[bytes]) -> bool:
+        """A LAN message from an authenticated peer: a group packet for the TUN, or a frame for a TAP."""
+        try:
+            msg = L.LanMessage.decode(pt)
+        except DecodeError:
+            self._drop(D.LAN_MALFORMED, peer)
+            return False
+        if msg.kind == L.KIND_GROUP:
+            if not self.router.allowed_source(peer, msg.body):
+                self._drop(D.SPOOFED_SOURCE, peer)
+                return False
+            reason = self.lan.accept_group(peer.public_key, msg, now)
+            if reason is None:
+                inner.append(msg.body)
+                return True
+        else:
+            reason = self.lan.accept_frame(peer.public_key, msg, now)
+            if reason is None:
+                self.frames_in.append((msg.network, msg.body))
+                return True
+        self._drop(reason, peer)
+        return False
 
     def _promote_next(self, peer: Peer) -> None:
         nxt = peer.next

@@ -33,6 +33,7 @@ from hamachi.io.instance import InstanceLock, binding
 from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
+from hamachi.proto.lan import NetworkPolicy
 from hamachi.proto.tunnel import PeerConfig, Tunnel
 from hamachi.wire.control import MAX_CANDIDATES, Candidate
 
@@ -92,7 +93,7 @@ class ClientDaemon:
         self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
                                          "networks": self._api_networks, "doctor": self._api_doctor}
         for verb in ("create", "join", "leave", "approve", "reject", "evict", "lock", "unlock", "delete", "nick",
-                     "transfer"):
+                     "transfer", "broadcast", "bridge"):
             self.handlers[verb] = self._forward(verb)
 
     # -- lifecycle ------------------------------------------------------------
@@ -117,7 +118,7 @@ class ClientDaemon:
             for a in p.addresses:
                 if not any(a.network.subnet_of(x.network) for x in addrs if x.version == a.version):
                     routes.append(a.network)
-        netconf.configure(self.tun.name, s.mtu, addrs, routes)
+        self._netconf(addrs, routes)
         with binding("data (UDP)", "[tunnel] listen_port", s.listen_port):
             self.udp = UdpSocket("0.0.0.0", s.listen_port, offload=s.offload)
         if s.server is not None and s.stun_port:
@@ -129,18 +130,39 @@ class ClientDaemon:
         tunnel = Tunnel(s.key, time.monotonic(), os.urandom, wall_offset=time.time() - time.monotonic(), aead=aeads)
         for p in s.peers:
             tunnel.add_peer(self._peer_config(p))
+        self.overlay = addrs
+        self._set_directed(tunnel)
+        if s.peers and s.server is None:  # static peers form one implicit network, for broadcasts too
+            tunnel.lan.set_networks([NetworkPolicy("static", "tun", frozenset({s.key.public, *(
+                p.public_key for p in s.peers)}))])
         self.dataplane = DataPlane(self.tun, self.udp, tunnel)
         self.dataplane.start()
-        self.overlay = addrs
         if s.server is not None:
             self.control = ControlClient(
                 s.key, [(ep.host, ep.port) for ep in s.servers], s.server_key, s.name, lambda: self.udp.port,
                 on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
                 report=self._discovery_report, fallback_ports=(s.fallback_port,),
-                candidates=self._own_candidates)
+                candidates=self._own_candidates, on_networks=self._on_networks)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),
                  self.dataplane.offload_status)
+
+    def _netconf(self, addrs, routes=()) -> None:
+        s = self.settings
+        netconf.configure(self.tun.name, s.mtu, addrs, routes, lan=s.mode == "tun",
+                          multicast_route=s.multicast_route, broadcast_route=s.broadcast_route)
+
+    def _set_directed(self, tunnel: Tunnel) -> None:
+        """The overlay's directed broadcast address(es): group packets like 255.255.255.255 (proto/lan)."""
+        tunnel.lan.directed = frozenset(a.network.broadcast_address.packed for a in self.overlay
+                                        if a.version == 4 and a.network.prefixlen <= 30)
+
+    async def _on_networks(self, networks: dict) -> None:
+        """The netmap changed: the LAN policy follows (members, mode, broadcast settings, bridges)."""
+        policies = [NetworkPolicy.from_settings(
+            n.name, n.mode, frozenset(m.public_key for m in n.members if m.state == "member"), dict(n.settings))
+            for n in networks.values()]
+        await self._in_loop(lambda t, now: t.lan.set_networks(policies))
 
     def _peer_config(self, p: StaticPeer) -> PeerConfig:
         ep = (_resolve(p.endpoint.host), p.endpoint.port) if p.endpoint else None
@@ -181,8 +203,9 @@ class ClientDaemon:
     async def _on_welcome(self, w) -> None:
         want = [ipaddress.ip_interface(f"{w.address4}/{w.prefix4}"), ipaddress.ip_interface(f"{w.address6}/{w.prefix6}")]
         if self.settings.address4 is None and want != self.overlay:
-            await asyncio.to_thread(netconf.configure, self.tun.name, self.settings.mtu, want)
+            await asyncio.to_thread(self._netconf, want)
             self.overlay = want
+            await self._in_loop(lambda t, now: self._set_directed(t))
             log.info("overlay addresses from the server: %s", ", ".join(map(str, want)))
         targets = {}
         for name, udp in w.relays:
@@ -381,7 +404,8 @@ class ClientDaemon:
     # -- local API -------------------------------------------------------------
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
-        snap, links = await self._in_loop(lambda t, now: (t.stats(now), self.dataplane.relay_links()))
+        snap, links, lan = await self._in_loop(lambda t, now: (t.stats(now), self.dataplane.relay_links(),
+                                                               t.lan.stats()))
         by_session = {f"relay:{lk['session']}": lk for lk in links}
         for p in snap["peers"]:
             lk = by_session.get(p["endpoint"])
@@ -408,6 +432,7 @@ class ClientDaemon:
             "nat_summary": self.nat.summary if self.nat else None,
             "peers": snap["peers"],
             "relays": {"rtt_ms": self.relay_rtts, "sessions": links},
+            "networks": lan,
             "drops": drops,
         }
 

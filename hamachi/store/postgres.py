@@ -76,6 +76,15 @@ MIGRATIONS = [
         created TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     """,
+    # 3: per-network options set by the owner (LAN: broadcast on/off, rate limit, bridges)
+    """
+    CREATE TABLE network_settings (
+        network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (network, key)
+    );
+    """,
 ]
 MIGRATION_LOCK = 0x68616D31  # "ham1": pg_advisory_xact_lock key for migrations
 ADDRESS_LOCK = 0x68616D32  # "ham2": serialises overlay address allocation across nodes
@@ -204,6 +213,22 @@ class PostgresStore:
     def delete_network(self, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM networks WHERE name = %s", (name,))
+
+    def network_settings(self, name: str) -> dict[str, str]:
+        with self._tx() as db:
+            rows = db.execute("SELECT key, value FROM network_settings WHERE network = %s ORDER BY key",
+                              (name,)).fetchall()
+        return dict(rows)
+
+    def set_network_settings(self, name: str, values: dict[str, str | None]) -> None:
+        """Set (or, with None, clear) options of a network, all in one transaction."""
+        with self._tx() as db:
+            for k, v in values.items():
+                if v is None:
+                    db.execute("DELETE FROM network_settings WHERE network = %s AND key = %s", (name, k))
+                else:
+                    db.execute("INSERT INTO network_settings VALUES (%s, %s, %s) ON CONFLICT (network, key) "
+                               "DO UPDATE SET value = excluded.value", (name, k, v))
 
     # -- members ---------------------------------------------------------------
     def members(self, network: str) -> list[MemberRecord]:

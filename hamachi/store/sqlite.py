@@ -48,6 +48,15 @@ MIGRATIONS = [
         used INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: per-network options set by the owner (LAN: broadcast on/off, rate limit, bridges)
+    """
+    CREATE TABLE network_settings (
+        network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (network, key)
+    );
+    """,
 ]
 
 
@@ -155,6 +164,21 @@ class SqliteStore:
     def delete_network(self, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    def network_settings(self, name: str) -> dict[str, str]:
+        rows = self._db.execute("SELECT key, value FROM network_settings WHERE network = ? ORDER BY key",
+                                (name,)).fetchall()
+        return dict(rows)
+
+    def set_network_settings(self, name: str, values: dict[str, str | None]) -> None:
+        """Set (or, with None, clear) options of a network, all in one transaction."""
+        with self._tx() as db:
+            for k, v in values.items():
+                if v is None:
+                    db.execute("DELETE FROM network_settings WHERE network = ? AND key = ?", (name, k))
+                else:
+                    db.execute("INSERT INTO network_settings VALUES (?, ?, ?) ON CONFLICT (network, key) "
+                               "DO UPDATE SET value = excluded.value", (name, k, v))
 
     # -- members ---------------------------------------------------------------
     def members(self, network: str) -> list[MemberRecord]:

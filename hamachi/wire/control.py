@@ -282,7 +282,10 @@ class RelayOffer(_Fields):
 @record
 @dataclass(frozen=True, slots=True)
 class NetworkInfo(_Fields):
-    FIELDS = (NAME, "key", "text:16", "u8", "u8", "u16", "list:MemberInfo")
+    """`settings` are the network's owner-set options as text pairs: broadcast = on|off,
+    broadcast_pps, broadcast_bps (per-sender rate limit), bridges (comma-separated member keys)."""
+
+    FIELDS = (NAME, "key", "text:16", "u8", "u8", "u16", "list:MemberInfo", "pairs:16:32:4096")
     name: str
     owner: bytes
     mode: str
@@ -290,6 +293,13 @@ class NetworkInfo(_Fields):
     approval: int
     max_members: int
     members: tuple[MemberInfo, ...]
+    settings: tuple[tuple[str, str], ...] = ()
+
+    def setting(self, name: str, default: str = "") -> str:
+        for k, v in self.settings:
+            if k == name:
+                return v
+        return default
 
 
 # -- client -> server ---------------------------------------------------------
