@@ -50,6 +50,14 @@ DEFAULT_BROADCAST_BPS = 2_000_000
 BROADCAST_PPS_RANGE = (1, 100_000)
 BROADCAST_BPS_RANGE = (1_000, 1_000_000_000)
 DEFAULT_BRIDGE_MACS = 64  # MACs a bridge member may bring into a TAP network from the LAN behind it
+# LAN party (`hamachi party host|join`): no config file; these are its settings.
+DEFAULT_PARTY_NAME = "lan-party"
+DEFAULT_PARTY_INTERFACE = "party0"
+DEFAULT_PARTY_MODE = "tun"
+DEFAULT_PARTY_RELAY_TCP_PORT = 7443  # the relay's TCP fallback (443 is often taken on a laptop)
+PARTY_BROWSE_SECONDS = 3.0  # how long `party join` listens for announcements
+PARTY_LOST_AFTER = 60.0  # a member leaves when the host's server has been unreachable this long
+PARTY_STATE_ENV = "HAMACHI_PARTY_DIR"
 # Never hand out addresses from other people's public blocks (25/8, 5/8).
 FORBIDDEN_OVERLAY4 = (ipaddress.ip_network("25.0.0.0/8"), ipaddress.ip_network("5.0.0.0/8"))
 
@@ -735,3 +743,19 @@ def redacted(settings: Any) -> Any:
 
 def with_overrides(settings: Any, **changes: Any) -> Any:
     return replace(settings, **changes)
+
+
+def party_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where `hamachi party` keeps keys, configs and its database (identity survives restarts).
+
+    --state-dir, else $HAMACHI_PARTY_DIR, else /var/lib/hamachi/party for root, else
+    $XDG_STATE_HOME/hamachi/party (~/.local/state/hamachi/party).
+    """
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get(PARTY_STATE_ENV):
+        return Path(os.environ[PARTY_STATE_ENV]).expanduser().resolve()
+    if os.geteuid() == 0:
+        return Path("/var/lib/hamachi/party")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hamachi" / "party"

@@ -19,6 +19,7 @@ from rich.table import Table
 from hamachi import __version__
 from hamachi import config as C
 from hamachi.cli import output, templates
+from hamachi.cli.party import party_app
 from hamachi.crypto.keys import KeyPair
 from hamachi.exitcodes import ExitCode, StartupError
 
@@ -36,6 +37,7 @@ client_app = typer.Typer(help="The client daemon and the commands that talk to i
 app.add_typer(server_app, name="server")
 app.add_typer(relay_app, name="relay")
 app.add_typer(client_app, name="client")
+app.add_typer(party_app, name="party")
 
 ConfigOpt = Annotated[
     Path | None,

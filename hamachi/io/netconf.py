@@ -56,3 +56,30 @@ def local_ipv4_addresses(exclude: set[str]) -> list[str]:
             if a.get("family") == "inet":
                 out.append(a["local"])
     return out
+
+
+def local_ipv4_interfaces(exclude: set[str]) -> list[ipaddress.IPv4Interface]:
+    """Like `local_ipv4_addresses`, with prefixes; the interface of the default route comes first."""
+    import json
+
+    r = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
+    d = subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True, text=True)
+    default_dev = ""
+    if d.returncode == 0:
+        routes = json.loads(d.stdout or "[]")
+        default_dev = routes[0].get("dev", "") if routes else ""
+    if r.returncode != 0:
+        return []
+    out = []
+    for link in json.loads(r.stdout or "[]"):
+        if link.get("ifname") in exclude or "LOOPBACK" in link.get("flags", []):
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet":
+                iface = ipaddress.IPv4Interface(f"{a['local']}/{a.get('prefixlen', 32)}")
+                out.insert(0, iface) if link.get("ifname") == default_dev else out.append(iface)
+    return out
+
+
+def link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0

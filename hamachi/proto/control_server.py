@@ -48,7 +48,7 @@ from hamachi.crypto import password as pw
 from hamachi.crypto.keys import encode_key
 from hamachi.crypto.ticket import Ticket
 from hamachi.proto import candidates as cand
-from hamachi.proto.ratelimit import RateLimiter
+from hamachi.proto.ratelimit import GuessThrottle, RateLimiter
 from hamachi.store.protocol import NetworkRecord, Store, StoreError
 from hamachi.wire import control as M
 
@@ -149,6 +149,7 @@ class ControlServer:
         self._cluster_out: list[tuple] = []
         self._login_limit = RateLimiter(rate=login_rate, burst=max(1.0, login_rate * 2))
         self.hash_token = hash_token or pw.hash_token
+        self.guesses = GuessThrottle()  # wrong network passwords (party join codes), per source address
         self.stats = {"logins": 0, "refused_logins": 0, "protocol_errors": 0, "lost": 0}
 
     # -- outputs -----------------------------------------------------------------
@@ -505,8 +506,16 @@ class ControlServer:
             raise RequestRefused(f"network {net.name!r} is full ({net.max_members} members)")
         if net.password_hash is not None and not req.arg("password"):
             raise RequestRefused(f"network {net.name!r} needs a password (give it with --password)")
-        if net.password_hash is not None and not pw.verify_password(net.password_hash, req.arg("password")):
-            raise RequestRefused("wrong password")
+        if net.password_hash is not None:
+            source = conn.source[0]
+            wait = self.guesses.wait(source, self.now)
+            if wait > 0:
+                self.stats["throttled_guesses"] = self.stats.get("throttled_guesses", 0) + 1
+                raise RequestRefused(f"too many wrong passwords from your address; try again in {math.ceil(wait)} s")
+            if not pw.verify_password(net.password_hash, req.arg("password")):
+                earned = self.guesses.failed(source, self.now)
+                raise RequestRefused("wrong password" + (f" (next try in {math.ceil(earned)} s)" if earned else ""))
+            self.guesses.succeeded(source)
         before = self._peers_of(conn.public_key)
         self.store.set_member(net.name, conn.public_key, "pending" if net.approval else "member")
         self._membership_changed(conn.public_key, before, "left")
