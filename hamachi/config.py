@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hamachi.crypto.keys import KeyError_, KeyPair, decode_key
+from hamachi.proto.policy import SCOPES, DenyEntry, Plan, parse_cidr
 
 # ---------------------------------------------------------------------------
 # Defaults (the only place they are written down)
@@ -58,6 +59,15 @@ DEFAULT_PARTY_RELAY_TCP_PORT = 7443  # the relay's TCP fallback (443 is often ta
 PARTY_BROWSE_SECONDS = 3.0  # how long `party join` listens for announcements
 PARTY_LOST_AFTER = 60.0  # a member leaves when the host's server has been unreachable this long
 PARTY_STATE_ENV = "HAMACHI_PARTY_DIR"
+DEFAULT_METRICS_PORT = 9477  # `metrics = true` means 127.0.0.1 on this port
+# Plans mirror the original service's tiers: free 5 members, standard 32, premium 256; 256 clients
+# per account. Relay limits are 0 (unlimited) until the operator sets them.
+DEFAULT_PLAN = "free"
+DEFAULT_PLANS = (
+    Plan("free", members_per_network=5, networks_per_client=16, clients_per_account=256),
+    Plan("standard", members_per_network=32, networks_per_client=64, clients_per_account=256),
+    Plan("premium", members_per_network=256, networks_per_client=256, clients_per_account=256),
+)
 # Never hand out addresses from other people's public blocks (25/8, 5/8).
 FORBIDDEN_OVERLAY4 = (ipaddress.ip_network("25.0.0.0/8"), ipaddress.ip_network("5.0.0.0/8"))
 
@@ -172,6 +182,10 @@ class ServerSettings:
     # Also listen for control connections on this TCP port when it is free and we may bind it
     # (skipped with a log line otherwise; 0: never).
     https_port: int = DEFAULT_HTTPS_PORT
+    plans: tuple[Plan, ...] = DEFAULT_PLANS
+    default_plan: str = DEFAULT_PLAN
+    deny: tuple[DenyEntry, ...] = ()
+    metrics: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +200,8 @@ class RelaySettings:
     idle_timeout: float = 60.0
     session_rate_bps: int = 0
     account_rate_bps: int = 0
+    deny: tuple[DenyEntry, ...] = ()
+    metrics: Endpoint | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -621,6 +637,8 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
     node = s.get("node", str, "")
     debounce = s.number("presence_debounce", DEFAULT_PRESENCE_DEBOUNCE, 0, 300)
     https_port = s.port("https_port", DEFAULT_HTTPS_PORT, allow_zero=True)
+    default_plan = s.get("default_plan", str, DEFAULT_PLAN)
+    metrics = _metrics(s)
     s.finish()
     st = ld.section("store")
     legacy_pg = database.startswith(("postgresql://", "postgres://"))
@@ -639,6 +657,10 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
             st.problem("path", 'is for backend = "sqlite"; PostgreSQL takes `dsn`')
     pool_size = st.integer("pool_size", DEFAULT_POOL_SIZE, 1, 256)
     st.finish()
+    plans = _plans(ld)
+    if default_plan not in {p.name for p in plans}:
+        ld.problem("server.default_plan", f"{default_plan!r} is not a plan (have: {', '.join(p.name for p in plans)})")
+    deny = _deny(ld)
     relays = []
     for r in ld.array("relay"):
         rname = r.get("name", str, "")
@@ -655,6 +677,7 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
         overlay6=overlay6, api_socket=api_socket, login_rate=login_rate, relays=tuple(relays),
         store_backend=backend, pool_size=pool_size, node=node, presence_debounce=debounce,
         https_port=https_port,
+        plans=plans, default_plan=default_plan, deny=deny, metrics=metrics,
     )
 
 
@@ -673,12 +696,66 @@ def load_relay(path: str | os.PathLike[str]) -> RelaySettings:
     idle = r.number("idle_timeout", 60.0, 1, 86400)
     srate = r.integer("session_rate_bps", 0, 0, 10**12)
     arate = r.integer("account_rate_bps", 0, 0, 10**12)
+    metrics = _metrics(r)
     r.finish()
+    deny = _deny(ld, scopes=("relay",))
     ld.finish()
     return RelaySettings(
         config_path=path, key_file=key_file, key=key, server_key=server_key, listen_udp=listen_udp,
         listen_tcp=listen_tcp, api_socket=relay_api, idle_timeout=idle, session_rate_bps=srate, account_rate_bps=arate,
+        deny=deny, metrics=metrics,
     )
+
+
+def _metrics(sec: _Section) -> Endpoint | None:
+    """`metrics`: off (default, or false), true (127.0.0.1:DEFAULT_METRICS_PORT), or "HOST:PORT"."""
+    raw = sec.get("metrics", (bool, str), False)
+    if raw is False or raw == "":
+        return None
+    if raw is True:
+        return Endpoint("127.0.0.1", DEFAULT_METRICS_PORT)
+    return sec.convert("metrics", raw, lambda r: parse_endpoint(r, DEFAULT_METRICS_PORT))
+
+
+def _plans(ld: _Loader) -> tuple[Plan, ...]:
+    """[plans.NAME] tables; a name the config does not mention keeps its default (free, standard,
+    premium), and a key a plan table omits takes the value of the default plan of that name, or of free."""
+    raw = ld.section("plans").table
+    plans = {p.name: p for p in DEFAULT_PLANS}
+    for name in raw:
+        sec = _Section(ld, f"plans.{name}", raw[name])
+        if not isinstance(name, str) or not 1 <= len(name) <= 32 or not name.replace("-", "").replace("_", "").isalnum():
+            sec.problem("", "a plan name is 1-32 letters, digits, - or _")
+            continue
+        base = plans.get(name, plans[DEFAULT_PLAN])
+        plans[name] = Plan(
+            name,
+            members_per_network=sec.integer("members_per_network", base.members_per_network, 1, 65535),
+            networks_per_client=sec.integer("networks_per_client", base.networks_per_client, 0, 1 << 20),
+            clients_per_account=sec.integer("clients_per_account", base.clients_per_account, 1, 1 << 20),
+            relay_rate_bps=sec.integer("relay_rate_bps", base.relay_rate_bps, 0, 10**12),
+            relay_bytes_per_day=sec.integer("relay_bytes_per_day", base.relay_bytes_per_day, 0, 10**15),
+        )
+        sec.finish()
+    return tuple(plans.values())
+
+
+def _deny(ld: _Loader, scopes: tuple[str, ...] = SCOPES) -> tuple[DenyEntry, ...]:
+    """[[deny]] entries: cidr, reason (shown to the refused user), scopes (default: all of `scopes`)."""
+    out = []
+    for d in ld.array("deny"):
+        net = d.convert("cidr", d.get("cidr", str, required=True), parse_cidr)
+        reason = d.get("reason", str, "", required=True).strip()
+        if not reason and "reason" in d.table:
+            d.problem("reason", "must say why (the refused user reads it)")
+        got = d.get("scopes", list, list(scopes))
+        bad = [x for x in got if x not in scopes]
+        if bad:
+            d.problem("scopes", f"{bad[0]!r} is not one of {', '.join(scopes)}")
+        d.finish()
+        if net is not None and reason and not bad:
+            out.append(DenyEntry(net, tuple(got), reason))
+    return tuple(out)
 
 
 LOADERS = {"client": load_client, "server": load_server, "relay": load_relay}

@@ -146,3 +146,37 @@ def test_network_settings_survive_reopen_and_go_with_the_network(make_store):
     assert s.network_settings("lan") == {"broadcast": "off"}
     s.delete_network("lan")
     assert s.network_settings("lan") == {}
+
+
+def test_operator_state_accounts_bans_suspensions_audit(make_store):
+    from hamachi.store.protocol import BanRecord, SuspensionRecord
+
+    s = make_store()
+    a, b = KeyPair.generate().public, KeyPair.generate().public
+    s.register_client(a, "alice", 1.0)
+    s.register_client(b, "bob", 2.0)
+    s.create_network(NetworkRecord("lan", a, None, "tun", False, False, 5))
+    assert [c.nickname for c in s.clients()] == ["alice", "bob"]
+    assert [n.name for n in s.networks()] == ["lan"] and s.networks_owned(a) == ["lan"] and s.networks_owned(b) == []
+    s.create_account("club", "free", 3.0)
+    with pytest.raises(StoreError, match="account 'club' exists"):
+        s.create_account("club", "free", 3.0)
+    s.attach(b, "club")
+    s.attach(a, "club")
+    assert s.account_keys("club") == [b, a] and s.account_of(a) == "club"
+    s.set_account_plan("club", "premium")
+    assert s.get_account("club").plan == "premium" and [x.name for x in s.accounts()] == ["club"]
+    assert s.detach(a) and not s.detach(a) and s.account_of(a) is None
+    s.add_ban(BanRecord("192.0.2.0/24", "spam", 4.0, "uid 0"))
+    s.add_ban(BanRecord("192.0.2.0/24", "raid", 5.0, "uid 0"))
+    assert [(x.cidr, x.reason) for x in s.bans()] == [("192.0.2.0/24", "raid")]
+    assert s.remove_ban("192.0.2.0/24") and not s.remove_ban("192.0.2.0/24")
+    s.suspend(SuspensionRecord("account:club", "unpaid", 6.0, "uid 0"))
+    assert s.suspensions()[0].reason == "unpaid"
+    assert s.resume("account:club") and s.suspensions() == []
+    for i in range(5):
+        s.add_audit(10.0 + i, "uid 0", "admin:x", "s", str(i))
+    assert [r.detail for r in s.audit(3)] == ["2", "3", "4"]
+    s.close()
+    s2 = make_store()  # all of it survives a reopen
+    assert s2.get_account("club").plan == "premium" and len(s2.audit(100)) == 5

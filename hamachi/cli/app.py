@@ -533,6 +533,11 @@ def server_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
+from hamachi.cli import admin as _admin  # noqa: E402  (needs _load and _api above)
+
+server_app.add_typer(_admin.build(_load, _api), name="admin")
+
+
 def main() -> None:
     try:
         app()

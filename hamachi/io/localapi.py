@@ -3,6 +3,9 @@
 Request:  {"verb": "status", "args": {...}}
 Response: {"ok": true, "result": ...} or {"ok": false, "error": "one line", "code": N}
 
+Handlers get the caller's credentials (SO_PEERCRED) as args["_caller"], e.g.
+"uid 0 pid 4242", for the audit log; a client cannot supply that key itself.
+
 The daemon side is an asyncio server; the CLI side is a tiny blocking client.
 """
 
@@ -13,6 +16,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,13 +44,14 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.AbstractSer
         path.unlink()
 
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        caller = peer_credentials(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                reply = await _dispatch(line, handlers)
+                reply = await _dispatch(line, handlers, caller)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         finally:
@@ -60,7 +65,17 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.AbstractSer
     return server
 
 
-async def _dispatch(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
+def peer_credentials(sock: socket.socket | None) -> str:
+    """Who is on the other end of a Unix socket: "uid U pid P" (Linux SO_PEERCRED)."""
+    try:
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except (AttributeError, OSError):
+        return "uid ? pid ?"
+    return f"uid {uid} pid {pid}"
+
+
+async def _dispatch(line: bytes, handlers: dict[str, Handler], caller: str = "") -> dict[str, Any]:
     try:
         req = json.loads(line)
         verb = req["verb"]
@@ -69,6 +84,7 @@ async def _dispatch(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return {"ok": False, "error": "malformed request", "code": 2}
+    args["_caller"] = caller
     handler = handlers.get(verb)
     if handler is None:
         return {"ok": False, "error": f"unknown verb {verb!r}", "code": 2}

@@ -39,20 +39,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hamachi.config import BROADCAST_BPS_RANGE, BROADCAST_PPS_RANGE
 from hamachi.crypto import password as pw
-from hamachi.crypto.keys import encode_key
+from hamachi.crypto.keys import KeyError_, decode_key, encode_key
 from hamachi.crypto.ticket import Ticket
 from hamachi.proto import candidates as cand
+from hamachi.proto import policy as P
 from hamachi.proto.ratelimit import GuessThrottle, RateLimiter
 from hamachi.store.protocol import NetworkRecord, Store, StoreError
 from hamachi.wire import control as M
 
+log = logging.getLogger("hamachi.server")
 IDLE_TIMEOUT = 45.0
+ENFORCE_INTERVAL = 5.0  # bans and suspensions made on another node apply here within this
 TICKET_LIFETIME = 86400.0
 SERVER_VERSION = "hamachi/0.1"
 MAX_NAME = 64
@@ -88,6 +93,7 @@ class Conn:
     @property
     def local(self) -> bool:
         return not self.node and self.lost_at is None
+    since: float = 0.0
 
     @property
     def endpoint(self) -> str:
@@ -131,7 +137,8 @@ class ControlServer:
                  prefix4: int = 10, prefix6: int = 48, login_rate: float = 5.0,
                  hash_token: Callable[[str], bytes] | None = None, wall_offset: float = 0.0,
                  relays: tuple[RelayInfo, ...] = (), presence_debounce: float = 0.0, node: str = "",
-                 stun_observed: cand.Observed | None = None):
+                 stun_observed: cand.Observed | None = None,
+                 plans: P.Plans | None = None, deny: tuple[P.DenyEntry, ...] = ()):
         self.store = store
         self.presence_debounce = presence_debounce
         self.node = node
@@ -151,6 +158,110 @@ class ControlServer:
         self.hash_token = hash_token or pw.hash_token
         self.guesses = GuessThrottle()  # wrong network passwords (party join codes), per source address
         self.stats = {"logins": 0, "refused_logins": 0, "protocol_errors": 0, "lost": 0}
+        self.refusals: Counter = Counter()  # by Refusal.code
+        self.logouts: Counter = Counter()  # by reason
+        # Unlimited unless the operator configures plans (the daemon always passes its config's).
+        self.plans = plans or P.Plans({"unlimited": P.Plan("unlimited", 65535, 1 << 20, 1 << 20)}, "unlimited")
+        self._config_deny = tuple(deny)
+        self.deny = P.DenyList()
+        # A flood of refusals must not become a flood of fsyncs: the audit log keeps a sample.
+        self._audit_limit = RateLimiter(rate=2.0, burst=20.0)
+        self._enforced_at = now
+        self.reload_policy(self.plans, self._config_deny)
+
+    # -- operator policy ---------------------------------------------------------
+    def reload_policy(self, plans: P.Plans, deny: tuple[P.DenyEntry, ...]) -> None:
+        """New plans and config deny-list (SIGHUP), merged with the bans in the store."""
+        self.plans = plans
+        self._config_deny = tuple(deny)
+        bans = []
+        for b in self.store.bans():
+            try:
+                bans.append(P.DenyEntry(P.parse_cidr(b.cidr), P.SCOPES, b.reason, "admin"))
+            except ValueError:
+                continue
+        self.deny = P.DenyList(bans + list(self._config_deny))
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def audit(self, actor: str, action: str, subject: str, detail: str, now: float) -> None:
+        self.store.add_audit(self.wall(now), actor, action, subject, detail)
+
+    def refused(self, refusal: P.Refusal, subject: str, now: float) -> str:
+        """Count, log and (sampled) audit one refusal; returns the line the user reads."""
+        self.refusals[refusal.code] += 1
+        line = refusal.line()
+        log.info("refused %s: %s (%s)", subject, line, refusal.code)
+        if self._audit_limit.allow(refusal.code, now):
+            self.audit("server", "refused:" + refusal.code, subject, line, now)
+        return line
+
+    def account_of(self, key: bytes) -> tuple[str, P.Plan]:
+        """The account a key belongs to (its own, key:<key>, if attached to none) and its plan."""
+        name = self.store.account_of(key)
+        if name is None:
+            return P.key_account(key), self.plans.get(None)
+        acct = self.store.get_account(name)
+        return name, self.plans.get(acct.plan if acct else None)
+
+    def suspension(self, key: bytes) -> str | None:
+        """The reason `key` (or its account) is suspended, or None."""
+        subjects = {"key:" + encode_key(key)}
+        name = self.store.account_of(key)
+        if name is not None:
+            subjects.add("account:" + name)
+        for rec in self.store.suspensions():
+            if rec.subject in subjects:
+                return rec.reason
+        return None
+
+    def kick(self, key: bytes, line: str, peer_reason: str, now: float) -> bool:
+        """Disconnect an online client at once (suspension, ban); its peers drop their tunnels.
+        A client on another cluster node is told through that node."""
+        conn = self.online.get(key) or next((c for c in self.conns.values() if c.public_key == key), None)
+        if conn is None:
+            return False
+        if conn.node:
+            self._send(conn, M.Close(line))
+        elif conn.lost_at is not None:
+            self._went_offline(conn, peer_reason)  # lingering after a drop: no stream to close
+        else:
+            self._out.append((conn.id, M.Close(line)))
+            self.disconnect(conn.id, now, reason=peer_reason)
+        return True
+
+    def enforce(self, now: float) -> list[bytes]:
+        """Re-read bans and suspensions from the store (another cluster node, or an admin, may have
+        changed them) and disconnect local clients they now cover. Returns the keys disconnected."""
+        self._enforced_at = now
+        self.reload_policy(self.plans, self._config_deny)
+        sus = {r.subject: r.reason for r in self.store.suspensions()}
+        why: dict[bytes, str] = {}
+        for subject, reason in sus.items():
+            if subject.startswith("account:"):
+                for k in self.store.account_keys(subject[8:]):
+                    why.setdefault(k, reason)
+            else:
+                try:
+                    why.setdefault(decode_key(subject[4:]), reason)
+                except KeyError_:
+                    continue
+        kicked = []
+        for key, oc in list(self.online.items()):
+            if not oc.local:
+                continue
+            if key in why:
+                line = self.refused(P.suspension_refusal(why[key]), oc.nickname, now)
+                peer_reason = "suspended"
+            elif (entry := self.deny.match(oc.source[0], "login")) is not None:
+                line = self.refused(P.deny_refusal(entry, "login"), oc.nickname, now)
+                peer_reason = "banned"
+            else:
+                continue
+            self.kick(key, line, peer_reason, now)
+            kicked.append(key)
+        return kicked
 
     # -- outputs -----------------------------------------------------------------
     def outbox(self) -> list[tuple[object, M.Message]]:
@@ -177,9 +288,17 @@ class ControlServer:
         """A Noise-authenticated stream opened. False: refused (rate limit); the shell closes it."""
         if not self._login_limit.allow(source[0], now):
             self.stats["refused_logins"] += 1
-            self._out.append((conn_id, M.Close("too many login attempts from your address; try again later")))
+            line = self.refused(P.Refusal("login_rate", "too many login attempts from your address",
+                                          retry_after=1.0 / max(self._login_limit.rate, 1e-9)), source[0], now)
+            self._out.append((conn_id, M.Close(line)))
             return False
-        self.conns[conn_id] = Conn(conn_id, public_key, source, last_seen=now)
+        entry = self.deny.match(source[0], "login")
+        if entry is not None:
+            self.stats["refused_logins"] += 1
+            self._out.append((conn_id, M.Close(self.refused(P.deny_refusal(entry, "login"),
+                                                            f"{encode_key(public_key)[:10]} from {source[0]}", now))))
+            return False
+        self.conns[conn_id] = Conn(conn_id, public_key, source, last_seen=now, since=now)
         return True
 
     def disconnect(self, conn_id: object, now: float, reason: str = "lost") -> None:
@@ -187,6 +306,9 @@ class ControlServer:
         if conn is None:
             return
         if self.online.get(conn.public_key) is conn:
+            self.logouts[reason] += 1
+            log.info("logout %s (%s) from %s: %s", conn.nickname, encode_key(conn.public_key)[:10], conn.source[0],
+                     reason)
             if reason == "lost":
                 self.stats["lost"] += 1
                 if self.presence_debounce > 0:
@@ -211,6 +333,8 @@ class ControlServer:
         for conn in [c for c in self.online.values() if c.lost_at is not None and not c.node]:
             if now - conn.lost_at >= self.presence_debounce:
                 self._went_offline(conn, "lost")
+        if now - self._enforced_at >= ENFORCE_INTERVAL:
+            self.enforce(now)
 
     # -- the cluster ---------------------------------------------------------------
     def presence_info(self, conn: Conn) -> dict:
@@ -239,7 +363,11 @@ class ControlServer:
         elif kind == "msg":
             _, key, msg = event
             oc = self.online.get(key)
-            if oc is not None and oc.local:
+            if oc is not None and oc.local and isinstance(msg, M.Close):
+                # Another node's admin suspended or banned it: disconnect here, peers drop tunnels.
+                self._out.append((oc.id, msg))
+                self.disconnect(oc.id, now, reason="suspended")
+            elif oc is not None and oc.local:
                 if isinstance(msg, M.Delta):
                     oc.seq += 1
                     msg = dataclasses.replace(msg, seq=oc.seq)
@@ -280,20 +408,34 @@ class ControlServer:
         except RequestRefused as exc:
             self._close(conn, str(exc), now)
             return
+        who = f"{nickname} ({encode_key(conn.public_key)[:10]}) from {conn.source[0]}"
         rec = self.store.get_client(conn.public_key)
         if rec is None:
+            entry = self.deny.match(conn.source[0], "registration")
+            if entry is not None:
+                self.stats["refused_logins"] += 1
+                self._close(conn, self.refused(P.deny_refusal(entry, "registration"), who, now), now)
+                return
             if self.registration == "token" and not (msg.token and self.store.use_token(
                     self.hash_token(msg.token), now + self.wall_offset)):
                 self.stats["refused_logins"] += 1
-                self._close(conn, "registration needs a valid one-time token (hamachi server token)", now)
+                self._close(conn, self.refused(P.Refusal(
+                    "registration_token", "registration needs a valid one-time token (hamachi server token)"),
+                    who, now), now)
                 return
             try:
                 rec = self.store.register_client(conn.public_key, nickname, now)
             except StoreError as exc:
                 self._close(conn, str(exc), now)
                 return
-        elif rec.nickname != nickname:
-            self.store.set_nickname(conn.public_key, nickname)
+        else:
+            reason = self.suspension(conn.public_key)
+            if reason is not None:
+                self.stats["refused_logins"] += 1
+                self._close(conn, self.refused(P.suspension_refusal(reason), who, now), now)
+                return
+            if rec.nickname != nickname:
+                self.store.set_nickname(conn.public_key, nickname)
         old = self.online.get(conn.public_key)
         if old is not None and old is not conn:  # the same client logged in again: the old stream is stale
             if old.local:
@@ -304,6 +446,7 @@ class ControlServer:
         conn.nickname = nickname
         conn.phase = "discovery"
         self.stats["logins"] += 1
+        log.info("login %s", who)
         self._send(conn, M.Welcome(rec.address4, rec.address6, self.prefix4, self.prefix6, SERVER_VERSION,
                                    tuple((r.name, r.udp) for r in self.relays)))
 
@@ -398,12 +541,31 @@ class ControlServer:
         # The same session ids, tickets and relay order for both sides; new ones each day the pair meets.
         day = int((self.now + self.wall_offset) // TICKET_LIFETIME)
         offers = []
+        if self.deny.match(oc.source[0] if oc else "", "relay") or (
+                (to_conn := self.online.get(to)) is not None and self.deny.match(to_conn.source[0], "relay")):
+            # A deny-listed end gets no relay: the pair may still meet directly.
+            self.refusals["denied_relay"] += 1
+            return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.endpoint if oc else "", nat, (),
+                            0 if to == a else 1)
+        rate, account = self._relay_plan(a, b)
         for r in self._relays_for(key, to):
             sid = hashlib.blake2s(a + b + r.name.encode() + day.to_bytes(8, "big"), digest_size=8).digest()
-            ticket = Ticket(sid, a, b, (day + 2) * int(TICKET_LIFETIME)).encode(r.ticket_key)
+            ticket = Ticket(sid, a, b, (day + 2) * int(TICKET_LIFETIME), rate, account).encode(r.ticket_key)
             offers.append(M.RelayOffer(r.name, r.udp, r.tcp, ticket))
         return M.PeerUp(key, c.nickname, c.address4, c.address6, oc.candidates if oc else (), nat, tuple(offers),
                         0 if to == a else 1)
+
+    def _relay_plan(self, a: bytes, b: bytes) -> tuple[int, str]:
+        """The pair's relay rate and the account it is charged to: the owners of the networks the
+        pair shares, the most generous plan among them."""
+        shared = {m.network for m in self.store.memberships(a) if m.state == "member"} & \
+                 {m.network for m in self.store.memberships(b) if m.state == "member"}
+        owners = [(plan, acct) for acct, plan in (self.account_of(n.owner) for n in
+                  (self.store.get_network(name) for name in sorted(shared)) if n is not None)]
+        if not owners:
+            return 0, ""
+        plan, acct = max(owners, key=lambda pa: P.generosity(pa[0]))
+        return plan.relay_rate_bps, acct[:255]
 
     def _relays_for(self, x: bytes, y: bytes) -> list[RelayInfo]:
         """The pair's relays, best first: least summed RTT the two members measured to each (from
@@ -447,7 +609,10 @@ class ControlServer:
                 raise RequestRefused(f"unknown request {req.verb!r}")
             note = handler(conn, req)
         except RequestRefused as exc:
-            self._send(conn, M.Reply(req.req_id, 0, str(exc)))
+            if exc.args and isinstance(exc.args[0], P.Refusal):
+                self._send(conn, M.Reply(req.req_id, 0, self.refused(exc.args[0], conn.nickname, self.now)))
+            else:
+                self._send(conn, M.Reply(req.req_id, 0, str(exc)))
             return
         except StoreError as exc:
             self._send(conn, M.Reply(req.req_id, 0, str(exc)))
@@ -488,6 +653,10 @@ class ControlServer:
         max_members = _count_arg(req.arg("max_members"), self.default_max_members, "max_members", MAX_MEMBERS)
         if len(password) > MAX_PASSWORD:
             raise RequestRefused(f"a network password is at most {MAX_PASSWORD} characters")
+        refusal = self.plans.deny_network(self.account_of(conn.public_key)[1],
+                                          len(self.store.networks_owned(conn.public_key)))
+        if refusal is not None:
+            raise RequestRefused(refusal)
         before = self._peers_of(conn.public_key)
         self.store.create_network(NetworkRecord(
             name, conn.public_key, pw.hash_password(password) if password else None, mode, False,
@@ -502,8 +671,7 @@ class ControlServer:
             return
         if net.locked:
             raise RequestRefused(f"network {net.name!r} is locked")
-        if sum(m.state == "member" for m in members) >= net.max_members:
-            raise RequestRefused(f"network {net.name!r} is full ({net.max_members} members)")
+        self._check_room(net, members)
         if net.password_hash is not None and not req.arg("password"):
             raise RequestRefused(f"network {net.name!r} needs a password (give it with --password)")
         if net.password_hash is not None:
@@ -524,6 +692,14 @@ class ControlServer:
             return f"asked to join {net.name}; waiting for the owner's approval"
         return None
 
+    def _check_room(self, net: NetworkRecord, members) -> None:
+        n = sum(m.state == "member" for m in members)
+        if n >= net.max_members:
+            raise RequestRefused(f"network {net.name!r} is full ({net.max_members} members)")
+        refusal = self.plans.deny_member(self.account_of(net.owner)[1], net.name, n)
+        if refusal is not None:
+            raise RequestRefused(refusal)
+
     def _verb_leave(self, conn: Conn, req: M.Request) -> None:
         net = self._network(req)
         self._remove(net, conn.public_key, "left")
@@ -543,6 +719,7 @@ class ControlServer:
     def _verb_approve(self, conn: Conn, req: M.Request) -> None:
         net = self._owned(conn, req)
         key = self._member_arg(net, req)
+        self._check_room(net, self.store.members(net.name))
         before = self._peers_of(key)
         self.store.set_member(net.name, key, "member")
         self._membership_changed(key, before, "left")

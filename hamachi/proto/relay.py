@@ -10,7 +10,8 @@ goes to the other side's endpoint, nowhere else.
     no traffic for idle_timeout ──> session forgotten
 
 Every drop has a reason: malformed, forged_ticket, expired_ticket, not_bound,
-peer_not_bound, oversized, rate_limited, flood. Nothing unauthenticated is
+peer_not_bound, oversized, rate_limited, flood, denied (a source on the relay's
+deny-list, checked after the ticket so strangers learn nothing). Nothing unauthenticated is
 answered: only a valid ticket's Bind gets a reply.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from hamachi.crypto.ticket import Ticket
+from hamachi.proto.policy import DenyList
 from hamachi.proto.ratelimit import RateLimiter
 from hamachi.wire import relay as R
 from hamachi.wire.codec import DecodeError
@@ -54,7 +56,7 @@ class RelaySession:
 
 class RelayTable:
     def __init__(self, ticket_key: bytes, *, idle_timeout: float = 60.0, session_rate: int = 0,
-                 account_rate: int = 0, binds_per_second: float = 20.0):
+                 account_rate: int = 0, binds_per_second: float = 20.0, deny: DenyList | None = None):
         self.key = ticket_key
         self.idle_timeout = idle_timeout
         self.session_rate = session_rate
@@ -65,6 +67,7 @@ class RelayTable:
         self.bound_ends: Counter = Counter()
         self.accounts: dict[str, _Bucket] = {}
         self.drops: Counter = Counter()
+        self.deny = deny or DenyList()
         self.forwarded = 0
         self._binds = RateLimiter(rate=binds_per_second, burst=binds_per_second)
 
@@ -100,6 +103,9 @@ class RelayTable:
             return []
         if ticket.expires < wall:
             self.drops["expired_ticket"] += 1
+            return []
+        if self.deny.match(source_ip, "relay") is not None:
+            self.drops["denied"] += 1
             return []
         s = self.sessions.get(ticket.session_id)
         if s is None or s.ticket != ticket:

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 
+from hamachi import config as C
 from hamachi.config import RelaySettings
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
 from hamachi.io.instance import InstanceLock
 from hamachi.io.relay import RelayService
+from hamachi.proto.policy import DenyList
 from hamachi.proto.relay import RelayTable
 
 log = logging.getLogger("hamachi.relay")
@@ -22,13 +24,25 @@ class RelayDaemon:
             raise SystemExit("relay.server_public_key is needed: the relay only honours that server's tickets")
         self.settings = settings
         self.table = RelayTable(shared_key(settings.key, settings.server_key), idle_timeout=settings.idle_timeout,
-                                session_rate=settings.session_rate_bps, account_rate=settings.account_rate_bps)
+                                session_rate=settings.session_rate_bps, account_rate=settings.account_rate_bps,
+                                deny=DenyList(settings.deny))
         self.service = RelayService(self.table)
 
     async def _api_status(self, args: dict) -> dict:
         return {"public_key": self.settings.key.public_text(), "sessions": len(self.table.sessions),
                 "forwarded": self.table.forwarded, "drops": dict(self.table.drops),
                 "tcp_connections": len(self.service.tcp)}
+
+    def reload(self) -> None:
+        """SIGHUP: reread the deny-list."""
+        try:
+            fresh = C.load_relay(self.settings.config_path)
+        except C.ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload refused: %s", line)
+            return
+        self.table.deny = DenyList(fresh.deny)
+        log.info("reloaded %s: %d deny-list entries", self.settings.config_path, len(fresh.deny))
 
     async def serve(self) -> None:
         s = self.settings
@@ -38,6 +52,7 @@ class RelayDaemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await stop.wait()
         api.close()
         self.service.close()

@@ -14,14 +14,18 @@ import signal
 import socket
 import time
 
+from hamachi import config as C
 from hamachi.config import ServerSettings
 from hamachi.crypto import password as pw
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
 from hamachi.io.control import ControlListener
 from hamachi.io.instance import InstanceLock, binding
+from hamachi.io.localapi import ApiError
 from hamachi.io.stun import StunService
 from hamachi.proto.control_server import ControlServer, RelayInfo
+from hamachi.proto.operator import AdminError, Operator
+from hamachi.proto.policy import Plans
 from hamachi.store import open_store
 from hamachi.store.protocol import StoreError
 
@@ -41,7 +45,10 @@ class ServerDaemon:
                                   relays=tuple(RelayInfo(r.name, str(r.udp), str(r.tcp) if r.tcp else "",
                                                          shared_key(s.key, r.public_key)) for r in s.relays),
                                   presence_debounce=s.presence_debounce, node=self.node,
-                                  stun_observed=self._stun_observed)
+                                  stun_observed=self._stun_observed,
+
+                                  plans=Plans({p.name: p for p in s.plans}, s.default_plan), deny=s.deny)
+        self.operator = Operator(self.core)
         self.listener = ControlListener(self.core, s.key)
         self.stun: StunService | None = None
         self.cluster = None
@@ -57,6 +64,7 @@ class ServerDaemon:
                 "stats": self.core.stats, "drops": self.listener.drops,
                 "store": self.settings.store_backend, "node": self.node,
                 "cluster": None if self.cluster is None else dict(self.cluster.stats),
+                "refusals": dict(self.core.refusals), "logouts": dict(self.core.logouts),
                 "stun": None if self.stun is None else {"answered": self.stun.responder.answered,
                                                         "drops": dict(self.stun.responder.drops)}}
 
@@ -65,6 +73,35 @@ class ServerDaemon:
         # Wall-clock expiry: tokens outlive server restarts.
         await self.listener.runner.call(self.store.add_token, pw.hash_token(token), time.time() + TOKEN_LIFETIME)
         return {"token": token, "expires_in_days": TOKEN_LIFETIME / 86400}
+
+    async def _api_admin(self, args: dict) -> dict:
+        verb = str(args.get("verb") or "")
+        try:
+            # On the core thread, like every call into the core; what it sends (a suspension's
+            # Close, PeerDowns) is delivered as soon as it returns.
+            return await self.listener.runner.call(self.operator.call, verb, args,
+                                                   args.get("_caller") or "uid ?", time.monotonic())
+        except AdminError as exc:
+            raise ApiError(str(exc), exc.code) from exc
+
+    def reload(self) -> None:
+        """SIGHUP: reread the config's plans and deny-list; everything else needs a restart."""
+        try:
+            fresh = C.load_server(self.settings.config_path)
+        except C.ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload refused: %s", line)
+            return
+        plans = Plans({p.name: p for p in fresh.plans}, fresh.default_plan)
+
+        def apply() -> None:
+            self.core.reload_policy(plans, fresh.deny)
+            self.core.audit("SIGHUP", "admin:reload", str(self.settings.config_path),
+                            f"{len(fresh.deny)} deny entries, {len(fresh.plans)} plans", time.monotonic())
+
+        self._reloading = asyncio.get_running_loop().create_task(self.listener.runner.call(apply))
+        log.info("reloaded %s: %d deny-list entries, %d plans", self.settings.config_path, len(fresh.deny),
+                 len(fresh.plans))
 
     async def serve(self) -> None:
         if self.settings.store_backend == "postgresql":
@@ -92,11 +129,13 @@ class ServerDaemon:
             with binding("STUN (UDP)", "[server] stun_port", f"{port} or {port + 1}"):
                 stun = await StunService(list(self.settings.public_addresses), port).start()
         self.stun = stun
-        api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token})
+        api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token,
+                                                              "admin": self._api_admin})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await stop.wait()
         if stun is not None:
             stun.close()

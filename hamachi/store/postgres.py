@@ -22,7 +22,16 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool
 
-from hamachi.store.protocol import ClientRecord, MemberRecord, NetworkRecord, StoreError
+from hamachi.store.protocol import (
+    AccountRecord,
+    AuditRecord,
+    BanRecord,
+    ClientRecord,
+    MemberRecord,
+    NetworkRecord,
+    StoreError,
+    SuspensionRecord,
+)
 
 MIGRATIONS = [
     # 1: the first schema (the same tables as the SQLite store)
@@ -83,6 +92,40 @@ MIGRATIONS = [
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (network, key)
+    );
+    """,
+    # 4: the operator's state (accounts and plans, bans, suspensions, audit log), as in SQLite's 3
+    """
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        plan TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE account_keys (
+        public_key BYTEA PRIMARY KEY REFERENCES clients(public_key),
+        account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+        attached BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX account_keys_by_account ON account_keys(account);
+    CREATE TABLE bans (
+        cidr TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE TABLE suspensions (
+        subject TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        time DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
     );
     """,
 ]
@@ -262,6 +305,95 @@ class PostgresStore:
     def remove_member(self, network: str, public_key: bytes) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM members WHERE network = %s AND public_key = %s", (network, public_key))
+
+    # -- listings (admin) --------------------------------------------------------
+    def _rows(self, sql: str, args: tuple = ()) -> list:
+        with self._tx() as db:
+            return db.execute(sql, args).fetchall()
+
+    def clients(self) -> list[ClientRecord]:
+        return [_client(r) for r in self._rows(f"SELECT {_CLIENT_COLS} FROM clients ORDER BY created")]
+
+    def networks(self) -> list[NetworkRecord]:
+        names = [r[0] for r in self._rows("SELECT name FROM networks ORDER BY name")]
+        return [n for n in map(self.get_network, names) if n is not None]
+
+    def networks_owned(self, public_key: bytes) -> list[str]:
+        return [r[0] for r in self._rows("SELECT name FROM networks WHERE owner = %s ORDER BY name", (public_key,))]
+
+    # -- accounts and plans ------------------------------------------------------
+    def create_account(self, name: str, plan: str, now: float) -> None:
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO accounts VALUES (%s, %s, %s)", (name, plan, now))
+        except errors.UniqueViolation as exc:
+            raise StoreError(f"account {name!r} exists") from exc
+
+    def get_account(self, name: str) -> AccountRecord | None:
+        rows = self._rows("SELECT name, plan, created FROM accounts WHERE name = %s", (name,))
+        return AccountRecord(*rows[0]) if rows else None
+
+    def accounts(self) -> list[AccountRecord]:
+        return [AccountRecord(*r) for r in self._rows("SELECT name, plan, created FROM accounts ORDER BY name")]
+
+    def set_account_plan(self, name: str, plan: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET plan = %s WHERE name = %s", (plan, name))
+
+    def attach(self, public_key: bytes, account: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO account_keys (public_key, account) VALUES (%s, %s) ON CONFLICT (public_key) "
+                       "DO UPDATE SET account = excluded.account", (public_key, account))
+
+    def detach(self, public_key: bytes) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM account_keys WHERE public_key = %s", (public_key,)).rowcount == 1
+
+    def account_of(self, public_key: bytes) -> str | None:
+        rows = self._rows("SELECT account FROM account_keys WHERE public_key = %s", (public_key,))
+        return rows[0][0] if rows else None
+
+    def account_keys(self, account: str) -> list[bytes]:
+        return [bytes(r[0]) for r in self._rows("SELECT public_key FROM account_keys WHERE account = %s "
+                                                "ORDER BY attached", (account,))]
+
+    # -- bans, suspensions, audit --------------------------------------------------
+    def add_ban(self, rec: BanRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO bans VALUES (%s, %s, %s, %s) ON CONFLICT (cidr) DO UPDATE SET "
+                       "reason = excluded.reason, created = excluded.created, actor = excluded.actor",
+                       (rec.cidr, rec.reason, rec.created, rec.actor))
+
+    def remove_ban(self, cidr: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM bans WHERE cidr = %s", (cidr,)).rowcount == 1
+
+    def bans(self) -> list[BanRecord]:
+        return [BanRecord(*r) for r in self._rows("SELECT cidr, reason, created, actor FROM bans ORDER BY cidr")]
+
+    def suspend(self, rec: SuspensionRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO suspensions VALUES (%s, %s, %s, %s) ON CONFLICT (subject) DO UPDATE SET "
+                       "reason = excluded.reason, created = excluded.created, actor = excluded.actor",
+                       (rec.subject, rec.reason, rec.created, rec.actor))
+
+    def resume(self, subject: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM suspensions WHERE subject = %s", (subject,)).rowcount == 1
+
+    def suspensions(self) -> list[SuspensionRecord]:
+        return [SuspensionRecord(*r) for r in
+                self._rows("SELECT subject, reason, created, actor FROM suspensions ORDER BY subject")]
+
+    def add_audit(self, time: float, actor: str, action: str, subject: str, detail: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (time, actor, action, subject, detail) VALUES (%s, %s, %s, %s, %s)",
+                       (time, actor, action, subject, detail))
+
+    def audit(self, limit: int = 100) -> list[AuditRecord]:
+        rows = self._rows("SELECT id, time, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT %s",
+                          (limit,))
+        return [AuditRecord(*r) for r in reversed(rows)]
 
     def close(self) -> None:
         self.pool.close()

@@ -14,7 +14,16 @@ import ipaddress
 import sqlite3
 import threading
 
-from hamachi.store.protocol import ClientRecord, MemberRecord, NetworkRecord, StoreError
+from hamachi.store.protocol import (
+    AccountRecord,
+    AuditRecord,
+    BanRecord,
+    ClientRecord,
+    MemberRecord,
+    NetworkRecord,
+    StoreError,
+    SuspensionRecord,
+)
 
 MIGRATIONS = [
     # 1: the first schema
@@ -55,6 +64,39 @@ MIGRATIONS = [
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (network, key)
+    );
+    """,
+    # 3: the operator's state (accounts and plans, bans, suspensions, audit log)
+    """
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        plan TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE account_keys (
+        public_key BLOB PRIMARY KEY REFERENCES clients(public_key),
+        account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE
+    );
+    CREATE INDEX account_keys_by_account ON account_keys(account);
+    CREATE TABLE bans (
+        cidr TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created REAL NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE TABLE suspensions (
+        subject TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created REAL NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
     );
     """,
 ]
@@ -208,6 +250,94 @@ class SqliteStore:
     def remove_member(self, network: str, public_key: bytes) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM members WHERE network = ? AND public_key = ?", (network, public_key))
+
+    # -- listings (admin) --------------------------------------------------------
+    def clients(self) -> list[ClientRecord]:
+        rows = self._db.execute("SELECT public_key, nickname, address4, address6, created FROM clients "
+                                "ORDER BY created").fetchall()
+        return [ClientRecord(*r) for r in rows]
+
+    def networks(self) -> list[NetworkRecord]:
+        rows = self._db.execute("SELECT name FROM networks ORDER BY name").fetchall()
+        return [n for n in (self.get_network(r[0]) for r in rows) if n is not None]
+
+    def networks_owned(self, public_key: bytes) -> list[str]:
+        rows = self._db.execute("SELECT name FROM networks WHERE owner = ? ORDER BY name", (public_key,))
+        return [r[0] for r in rows]
+
+    # -- accounts and plans ------------------------------------------------------
+    def create_account(self, name: str, plan: str, now: float) -> None:
+        with self._tx() as db:
+            try:
+                db.execute("INSERT INTO accounts VALUES (?, ?, ?)", (name, plan, now))
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"account {name!r} exists") from exc
+
+    def get_account(self, name: str) -> AccountRecord | None:
+        r = self._db.execute("SELECT name, plan, created FROM accounts WHERE name = ?", (name,)).fetchone()
+        return AccountRecord(*r) if r else None
+
+    def accounts(self) -> list[AccountRecord]:
+        return [AccountRecord(*r) for r in self._db.execute("SELECT name, plan, created FROM accounts ORDER BY name")]
+
+    def set_account_plan(self, name: str, plan: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET plan = ? WHERE name = ?", (plan, name))
+
+    def attach(self, public_key: bytes, account: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO account_keys VALUES (?, ?) ON CONFLICT (public_key) "
+                       "DO UPDATE SET account = excluded.account", (public_key, account))
+
+    def detach(self, public_key: bytes) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM account_keys WHERE public_key = ?", (public_key,)).rowcount == 1
+
+    def account_of(self, public_key: bytes) -> str | None:
+        r = self._db.execute("SELECT account FROM account_keys WHERE public_key = ?", (public_key,)).fetchone()
+        return r[0] if r else None
+
+    def account_keys(self, account: str) -> list[bytes]:
+        rows = self._db.execute("SELECT public_key FROM account_keys WHERE account = ? ORDER BY rowid", (account,))
+        return [r[0] for r in rows]
+
+    # -- bans, suspensions, audit --------------------------------------------------
+    def add_ban(self, rec: BanRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO bans VALUES (?, ?, ?, ?) ON CONFLICT (cidr) DO UPDATE SET "
+                       "reason = excluded.reason, created = excluded.created, actor = excluded.actor",
+                       (rec.cidr, rec.reason, rec.created, rec.actor))
+
+    def remove_ban(self, cidr: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM bans WHERE cidr = ?", (cidr,)).rowcount == 1
+
+    def bans(self) -> list[BanRecord]:
+        return [BanRecord(*r) for r in self._db.execute("SELECT cidr, reason, created, actor FROM bans ORDER BY cidr")]
+
+    def suspend(self, rec: SuspensionRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO suspensions VALUES (?, ?, ?, ?) ON CONFLICT (subject) DO UPDATE SET "
+                       "reason = excluded.reason, created = excluded.created, actor = excluded.actor",
+                       (rec.subject, rec.reason, rec.created, rec.actor))
+
+    def resume(self, subject: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM suspensions WHERE subject = ?", (subject,)).rowcount == 1
+
+    def suspensions(self) -> list[SuspensionRecord]:
+        rows = self._db.execute("SELECT subject, reason, created, actor FROM suspensions ORDER BY subject")
+        return [SuspensionRecord(*r) for r in rows]
+
+    def add_audit(self, time: float, actor: str, action: str, subject: str, detail: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (time, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                       (time, actor, action, subject, detail))
+
+    def audit(self, limit: int = 100) -> list[AuditRecord]:
+        rows = self._db.execute("SELECT id, time, actor, action, subject, detail FROM audit "
+                                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [AuditRecord(*r) for r in reversed(rows)]
 
     def close(self) -> None:
         self._db.close()
