@@ -308,7 +308,9 @@ def _prepare_host(state: State, opts: HostOptions, lan_ip: str) -> tuple[KeyPair
         "key_file": "server.key", "listen": [f"0.0.0.0:{C.DEFAULT_CONTROL_PORT}"],
         "public_addresses": [lan_ip], "stun_port": C.DEFAULT_STUN_PORT, "database": "server.db",
         "registration": "open", "overlay_prefix": C.DEFAULT_OVERLAY4, "overlay_prefix6": memo["overlay6"],
-        "api_socket": "server.sock"},
+        "api_socket": "server.sock",
+        # A party is the host's own server: no free-plan cap of 5 on how many friends come.
+        "default_plan": "premium"},
         "relay": [{"name": "party", "public_key": relay_key.public_text(),
                    "udp": _endpoint(relay_host, C.DEFAULT_RELAY_UDP_PORT),
                    "tcp": _endpoint(relay_host, C.DEFAULT_PARTY_RELAY_TCP_PORT)}]})
