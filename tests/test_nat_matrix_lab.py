@@ -55,7 +55,8 @@ def test_direct_paths_across_every_nat_kind(lab_standard, tmp_path):
                       stderr=log_file(tmp_path, "rly"), cwd=str(nodes.ROOT))
     cfg = tmp_path / "srv" / "server.toml"
     cfg.write_text(cfg.read_text() + f'\n[[relay]]\nname = "rly"\npublic_key = "{rout["public_key"]}"\n'
-                   'udp = "198.51.100.20:3480"\ntcp = "198.51.100.20:443"\n')
+                   'udp = "198.51.100.20:3480"\ntcp = "198.51.100.20:443"\n'
+                   '\n[plans.free]\nmembers_per_network = 256\n')  # 14 NAT hosts in one network
     cfg.write_text(cfg.read_text().replace("stun_port = 3478", "stun_port = 6478")
                    .replace('"0.0.0.0:7777"', '"0.0.0.0:7791", "0.0.0.0:443"').replace("/run/hamachi/server.sock", str(tmp_path / "s.sock")))
     log = open(tmp_path / "server.log", "ab")

@@ -41,6 +41,10 @@ overlay_prefix6 = "{overlay6}"
 api_socket = "{C.DEFAULT_RUN_DIR}/server.sock"
 # Login attempts per second allowed from one source address.
 login_rate = 5.0
+# The plan of a client in no account (`hamachi server admin account ...`).
+# "free" allows 5 members per network and 16 networks per client, "standard"
+# 32, "premium" 256; change the limits in [plans.NAME] tables.
+default_plan = "{C.DEFAULT_PLAN}"
 
 # Relays the server may hand out when peers cannot connect directly.
 # [[relay]]
