@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 from collections.abc import Iterable
 
@@ -42,26 +43,14 @@ def configure(name: str, mtu: int, addresses: Iterable[ipaddress.IPv4Interface |
 
 
 def local_ipv4_addresses(exclude: set[str]) -> list[str]:
-    """IPv4 addresses of this host's interfaces (LAN candidates), skipping loopback and `exclude` devices."""
-    import json
-
-    r = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
-    if r.returncode != 0:
-        return []
-    out = []
-    for link in json.loads(r.stdout or "[]"):
-        if link.get("ifname") in exclude or "LOOPBACK" in link.get("flags", []):
-            continue
-        for a in link.get("addr_info", []):
-            if a.get("family") == "inet":
-                out.append(a["local"])
-    return out
+    """IPv4 addresses of this host's interfaces (LAN candidates), skipping loopback and `exclude`
+    devices; the default route's interface first."""
+    return [str(i.ip) for i in local_ipv4_interfaces(exclude)]
 
 
 def local_ipv4_interfaces(exclude: set[str]) -> list[ipaddress.IPv4Interface]:
-    """Like `local_ipv4_addresses`, with prefixes; the interface of the default route comes first."""
-    import json
-
+    """IPv4 interfaces (address and prefix), skipping loopback and `exclude` devices; the interface
+    of the default route comes first."""
     r = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True)
     d = subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True, text=True)
     default_dev = ""

@@ -329,16 +329,22 @@ def _nickname(given: str) -> str:
     return nick[:64]
 
 
-def host(opts: HostOptions, say: Callable[[str], None]) -> int:
-    """Run a party until SIGINT/SIGTERM. `say` prints one line for the user (stdout)."""
-    require_net_admin("a party (its client creates the party interface)")
-    state = State(C.party_state_dir(opts.state_dir))
+def _fresh_state(state_dir) -> State:
+    """The party state directory, refusing when a party already runs from it or on this machine."""
+    state = State(C.party_state_dir(state_dir))
     if (info := state.running()) is not None:
         raise PartyError(f"a party ({info['role']} of {info['name']!r}, pid {info['pid']}) is already running "
                          f"from {state.dir}; end it with `hamachi party leave`")
     if netconf.link_exists(C.DEFAULT_PARTY_INTERFACE):
         raise PartyError(f"interface {C.DEFAULT_PARTY_INTERFACE} already exists: another party or hamachi "
                          "client runs here")
+    return state
+
+
+def host(opts: HostOptions, say: Callable[[str], None]) -> int:
+    """Run a party until SIGINT/SIGTERM. `say` prints one line for the user (stdout)."""
+    require_net_admin("a party (its client creates the party interface)")
+    state = _fresh_state(opts.state_dir)
     lans = lan_interfaces()
     if not lans:
         raise PartyError("this machine has no LAN IPv4 address to host a party on")
@@ -463,13 +469,7 @@ def pick(found: list[Announcement], code: JoinCode, name: str | None) -> tuple[A
 def join(opts: JoinOptions, code: JoinCode, chosen: Announcement, say: Callable[[str], None]) -> int:
     """Run a client in the party `chosen` until it ends or SIGINT/SIGTERM; the code is already checked."""
     require_net_admin("joining a party (the client creates the party interface)")
-    state = State(C.party_state_dir(opts.state_dir))
-    if (info := state.running()) is not None:
-        raise PartyError(f"a party ({info['role']} of {info['name']!r}, pid {info['pid']}) is already running "
-                         f"from {state.dir}; end it with `hamachi party leave`")
-    if netconf.link_exists(C.DEFAULT_PARTY_INTERFACE):
-        raise PartyError(f"interface {C.DEFAULT_PARTY_INTERFACE} already exists: another party or hamachi "
-                         "client runs here")
+    state = _fresh_state(opts.state_dir)
     state.key("client.key")
     nick = _nickname(opts.nickname)
     cfg = _client_toml(state, nick, _endpoint(chosen.address, chosen.port), encode_key(chosen.server_key),
