@@ -101,15 +101,20 @@ BURST = textwrap.dedent("""
     from hamachi.io.control import ControlClient
     async def nothing(*a): pass
     async def main():
-        c = ControlClient(KeyPair.generate(), ("198.51.100.10", 7777), decode_key(sys.argv[1]), "burst",
-                          lambda: 1, on_welcome=nothing, on_peer_up=nothing, on_peer_down=nothing)
-        task = asyncio.create_task(c.run())
-        while not c.connected:
-            await asyncio.sleep(0.05)
-        for i in range(10000):
-            r = await c.request("create", network=f"burst-{i}")
-            if r.ok:
-                print(f"burst-{i}", flush=True)
+        # A plan caps networks per client (free: 16), so a fresh identity every 8 networks.
+        for j in range(1000):
+            c = ControlClient(KeyPair.generate(), ("198.51.100.10", 7777), decode_key(sys.argv[1]), f"burst{j}",
+                              lambda: 1, on_welcome=nothing, on_peer_up=nothing, on_peer_down=nothing)
+            task = asyncio.create_task(c.run())
+            while not c.connected:
+                await asyncio.sleep(0.05)
+            for i in range(8):
+                r = await c.request("create", network=f"burst-{j}-{i}")
+                if r.ok:
+                    print(f"burst-{j}-{i}", flush=True)
+                else:
+                    print(r.error, file=sys.stderr, flush=True)
+            task.cancel()
     asyncio.run(main())
     """)
 

@@ -35,6 +35,13 @@ MAX_WRITE_BUFFER = 4 << 20
 PING_INTERVAL = 10.0
 FALLBACK_DELAY = 1.0  # the usual port gets this long on its own before the fallback port is tried too
 MAX_PARTS = 256  # parts of one split netmap update (a 65535-member network needs about 120)
+# A client whose key logged in from somewhere else waits this long before trying again, so two
+# hosts sharing one key do not take turns kicking each other off every few seconds.
+REPLACED_BACKOFF = 300.0
+REPLACED = "replaced"  # how a Close that means "your key logged in again elsewhere" starts
+SHUTDOWN = "server shutting down"
+WRONG_KEY = ("the server closed the connection during the handshake: its key does not match the pinned "
+             "[server] public_key (check it against `hamachi server init`), or it is not a hamachi server")
 
 
 class FrameError(Exception):
@@ -246,12 +253,17 @@ class ControlClient:
     async def run(self) -> None:
         backoff = 1.0
         while True:
+            wait = None
             try:
                 await self._session()
                 backoff = 1.0
             except (TimeoutError, OSError, asyncio.IncompleteReadError, HandshakeError, DecodeError, FrameError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("control connection to %s:%d lost: %s", *self.server, self.last_error)
+                if self.last_error.startswith(f"server closed the connection: {REPLACED}"):
+                    wait = REPLACED_BACKOFF
+                elif self.last_error.startswith(f"server closed the connection: {SHUTDOWN}"):
+                    wait, backoff = 0.5, 1.0  # most likely a restart: come back soon
             finally:
                 self.connected = False
                 self._stream = None
@@ -259,7 +271,7 @@ class ControlClient:
                     if not fut.done():
                         fut.set_exception(ConnectionError("lost the connection to the server"))
                 self._pending.clear()
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(backoff if wait is None else wait)
             backoff = min(backoff * 2, 30.0)
 
     async def _next_server(self) -> tuple[str, int]:
@@ -320,7 +332,16 @@ class ControlClient:
         try:
             hs = NoiseIK.initiator(self.local, self.server_key, PROLOGUE)
             writer.write(M.frame(hs.write_message(b"")))
-            hs.read_message(await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT))
+            try:
+                reply = await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                # A hamachi server that cannot decrypt our first message closes without a word
+                # (it never answers the unauthenticated): almost always a wrong pinned key.
+                raise HandshakeError(WRONG_KEY) from None
+            try:
+                hs.read_message(reply)
+            except HandshakeError:
+                raise HandshakeError(WRONG_KEY) from None
             send, recv = hs.split()
             st = _Stream(reader, writer, send, recv)
             st.write(M.Hello(__version__, self.nickname, self.token))
