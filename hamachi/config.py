@@ -150,6 +150,9 @@ class ClientSettings:
     # Every control server address, tried in turn (a cluster's nodes); `server` is the first.
     # A name with several A/AAAA records counts as one address per record.
     servers: tuple[Endpoint, ...] = ()
+    # One-time enrolment token for a server with registration = "token" (`hamachi server token`);
+    # only the first login of a new key needs it.
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,6 +541,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     server_key = s.public_key("public_key", required=server_given)
     client_stun_port = s.port("stun_port", DEFAULT_STUN_PORT, allow_zero=True)
     fallback_port = s.port("fallback_port", DEFAULT_HTTPS_PORT, allow_zero=True)
+    token = s.get("token", str, "")
     s.finish()
 
     t = ld.section("tunnel")
@@ -599,7 +603,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         mtu=mtu, listen_port=listen_port, address4=address4, address6=address6, offload=offload,
         birthday_sockets=birthday_sockets, birthday_probes=birthday_probes, cipher=cipher,
         multicast_route=multicast_route, broadcast_route=broadcast_route,
-        keepalive=keepalive, port_forward=pf, peers=tuple(peers), servers=tuple(servers),
+        keepalive=keepalive, port_forward=pf, peers=tuple(peers), servers=tuple(servers), token=token,
     )
 
 
@@ -797,6 +801,8 @@ def redacted(settings: Any) -> Any:
             value = getattr(settings, f.name)
             if isinstance(value, KeyPair):
                 out[f.name] = {"public": value.public_text(), "private": "<redacted>"}
+            elif f.name == "token":
+                out[f.name] = "<redacted>" if value else "(none)"
             else:
                 out[f.name] = redacted(value)
         return out

@@ -23,6 +23,38 @@ from hamachi.cli.party import party_app
 from hamachi.crypto.keys import KeyPair
 from hamachi.exitcodes import ExitCode, StartupError
 
+def _plain_metavars() -> None:
+    """Help shows TEXT, PATH, INTEGER (or nothing, for a flag), never Python types like <bool>."""
+    import typer.core as tc
+
+    names = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH", "file": "FILE",
+             "directory": "DIR", "bool": "", "list[str]": "TEXT", "list[path]": "PATH", "list[int]": "INTEGER"}
+
+    def wrap(orig):
+        def display_type_rich(self, ctx):
+            if getattr(self, "is_flag", False) or getattr(self, "count", False):
+                return None
+            text = orig(self, ctx)
+            if not text or self.metavar is not None:
+                return text
+            many = text.endswith("...")
+            bare = text.removesuffix("...").strip("<>")
+            plain = names.get(bare, bare.upper().replace("|", " | "))
+            return (plain + ("..." if many or bare.startswith("list[") else "")) or None
+        return display_type_rich
+
+    for cls in (tc.TyperOption, tc.TyperArgument):
+        cls.display_type_rich = wrap(cls.display_type_rich)
+
+    def usage_name(self) -> str:  # NETWORK and [STATE], not {network} and [state]
+        name = self.display_name_raw.upper()
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+    tc.TyperArgument._usage_display_name = usage_name
+
+
+_plain_metavars()
+
 app = typer.Typer(
     name="hamachi",
     help="Open, self-hostable peer-to-peer VPN: control server, relay and client.",
@@ -47,6 +79,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (with schema_v
 CheckOpt = Annotated[
     bool, typer.Option("--check", help="Validate the config, print the resolved settings and exit.")
 ]
+TokenOpt = Annotated[str, typer.Option(
+    "--token", help="One-time enrolment token (servers with registration = \"token\"; `hamachi server token`).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
 
 _verbose = 0
@@ -120,11 +154,14 @@ def _init_dir(directory: Path, files: list[str], force: bool) -> None:
             p.unlink()
 
 
-def _run_role(role: str, config: Path | None, check: bool, as_json: bool, verbose: int) -> None:
+def _run_role(role: str, config: Path | None, check: bool, as_json: bool, verbose: int, **overrides: Any) -> None:
     """`server run`, `relay run`, `client up`: validate, or start the role's daemon in the foreground."""
     global _verbose
     _verbose = verbose
     settings = _load(role, config, as_json)
+    overrides = {k: v for k, v in overrides.items() if v}
+    if overrides:
+        settings = C.with_overrides(settings, **overrides)
     if check:
         _check_view(role, settings, as_json)
         return
@@ -231,7 +268,7 @@ def relay_init(
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a commented relay config and a new key, and print the server's [[relay]] entry."""
+    """Write a commented relay config and a new key, and print the server's \\[\\[relay]] entry."""
     output.json_errors = as_json
     if not server_key:
         output.fail("--server-key is required: a relay honours only the tickets of one control server "
@@ -271,6 +308,7 @@ def client_init(
     server_key: Annotated[str, typer.Option("--server-key", help="The server's public key.")],
     name: Annotated[str, typer.Option("--name", help="Your nickname.")],
     interface: Annotated[str, typer.Option(help="Virtual interface name.")] = C.DEFAULT_INTERFACE,
+    token: TokenOpt = "",
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -285,6 +323,8 @@ def client_init(
         C._parse_public_key(server_key)
     except ValueError as exc:
         problems.append(f"--server-key: {exc}")
+    if any(ch in token for ch in "\"\\\n"):
+        problems.append("--token: not a token (it has quotes, backslashes or line breaks)")
     try:
         C._nickname(name)
         C._interface_name(interface)
@@ -297,7 +337,7 @@ def client_init(
     _init_dir(directory, ["client.toml", "client.key"], force)
     kp = KeyPair.generate()
     _write_secret(directory / "client.key", kp.private_text())
-    (directory / "client.toml").write_text(templates.client_toml(name, server, server_key, interface))
+    (directory / "client.toml").write_text(templates.client_toml(name, server, server_key, interface, token))
     data = {"config": str(directory / "client.toml"), "public_key": kp.public_text()}
     output.emit(data, as_json, lambda d: (
         f"wrote {d['config']}\nclient public key: {d['public_key']}\n"
@@ -306,9 +346,9 @@ def client_init(
 
 @client_app.command("up")
 def client_up(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOpt = False,
-              verbose: VerboseOpt = 0) -> None:
+              verbose: VerboseOpt = 0, token: TokenOpt = "") -> None:
     """Run the client daemon in the foreground: TUN device, tunnels, control connection."""
-    _run_role("client", config, check, as_json, verbose)
+    _run_role("client", config, check, as_json, verbose, token=token)
 
 
 def _fmt_bytes(n: int) -> str:

@@ -55,7 +55,8 @@ default_plan = "{C.DEFAULT_PLAN}"
 """
 
 
-def client_toml(name: str, server: str, server_key: str, interface: str) -> str:
+def client_toml(name: str, server: str, server_key: str, interface: str, token: str = "") -> str:
+    tok = (f"token = {_q(token)}" if token else '# token = "..."')
     return f"""\
 # hamachi client. Validate with: hamachi client up --config THIS --check
 
@@ -73,6 +74,9 @@ address = {_q(server)}
 public_key = {_q(server_key)}
 # Tried when the server's usual port does not answer (sites that let only HTTPS out); 0: never.
 fallback_port = {C.DEFAULT_HTTPS_PORT}
+# One-time enrolment token, where the server has registration = "token" (its operator
+# mints one with `hamachi server token`); only the first login needs it.
+{tok}
 
 [tunnel]
 # Name of the virtual interface; "tun" carries IP, "tap" carries Ethernet.

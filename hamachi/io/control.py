@@ -38,8 +38,6 @@ MAX_PARTS = 256  # parts of one split netmap update (a 65535-member network need
 # A client whose key logged in from somewhere else waits this long before trying again, so two
 # hosts sharing one key do not take turns kicking each other off every few seconds.
 REPLACED_BACKOFF = 300.0
-REPLACED = "replaced"  # how a Close that means "your key logged in again elsewhere" starts
-SHUTDOWN = "server shutting down"
 WRONG_KEY = ("the server closed the connection during the handshake: its key does not match the pinned "
              "[server] public_key (check it against `hamachi server init`), or it is not a hamachi server")
 
@@ -126,6 +124,7 @@ class ControlListener:
         self._ids = itertools.count(1)
         self._timer: asyncio.Task | None = None
         self._crypto = ThreadPoolExecutor(handshake_threads, thread_name_prefix="hamachi-noise")
+        self._handlers: set[asyncio.Task] = set()
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -165,6 +164,9 @@ class ControlListener:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         conn_id = next(self._ids)
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             msg1 = await asyncio.wait_for(read_frame(reader), HANDSHAKE_TIMEOUT)
             remote, msg2, send, recv = await asyncio.get_running_loop().run_in_executor(
@@ -199,12 +201,24 @@ class ControlListener:
                 self._forget(conn_id)
 
     async def close(self) -> None:
+        """Stop: tell every client (they come back soon), then close; nothing is left running."""
         if self._timer:
             self._timer.cancel()
         for s in self.servers:
             s.close()
+        for conn_id, st in list(self.streams.items()):
+            with contextlib.suppress(Exception):
+                st.write(M.Close(M.Close.SHUTDOWN))
+        for st in list(self.streams.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(st.writer.drain(), 1.0)
         for conn_id in list(self.streams):
             self._forget(conn_id)
+        # Each connection's task tells the core it ended (on the core thread, still running).
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers), timeout=2.0)
+            for task in late:
+                task.cancel()
         self._crypto.shutdown(wait=False, cancel_futures=True)
 
 
@@ -260,9 +274,9 @@ class ControlClient:
             except (TimeoutError, OSError, asyncio.IncompleteReadError, HandshakeError, DecodeError, FrameError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("control connection to %s:%d lost: %s", *self.server, self.last_error)
-                if self.last_error.startswith(f"server closed the connection: {REPLACED}"):
+                if self.last_error.startswith(f"server closed the connection: {M.Close.REPLACED}"):
                     wait = REPLACED_BACKOFF
-                elif self.last_error.startswith(f"server closed the connection: {SHUTDOWN}"):
+                elif self.last_error.startswith(f"server closed the connection: {M.Close.SHUTDOWN}"):
                     wait, backoff = 0.5, 1.0  # most likely a restart: come back soon
             finally:
                 self.connected = False

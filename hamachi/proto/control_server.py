@@ -350,7 +350,8 @@ class ControlServer:
             old = self.online.get(key)
             if old is not None and not old.node and old.lost_at is None:
                 # It logged in on another node: this stream is stale. No PeerDown: it is online.
-                self._out.append((old.id, M.Close("logged in from elsewhere")))
+                self._out.append((old.id, M.Close(f"{M.Close.REPLACED}: this client's key logged in on server "
+                                                  f"node {node}")))
                 self.conns.pop(old.id, None)
             self.online[key] = Conn(None, key, ("", 0), phase="sync", nickname=str(info.get("nickname", "")),
                                     candidates=_candidates_of(info), mapping=str(info.get("mapping", "")),
@@ -439,8 +440,15 @@ class ControlServer:
         old = self.online.get(conn.public_key)
         if old is not None and old is not conn:  # the same client logged in again: the old stream is stale
             if old.local:
-                self._out.append((old.id, M.Close("logged in from elsewhere")))
+                # A client that reconnects closes its old stream first, so a live old stream that
+                # gets this is another host with a copy of the key: say which one lost, and why.
+                self._out.append((old.id, M.Close(
+                    f"{M.Close.REPLACED}: this client's key logged in again from {conn.source[0]}; if that is "
+                    "another host, it has a copy of this key: give each host its own (`hamachi client init`)")))
                 self.conns.pop(old.id, None)
+                if old.lost_at is None and old.source[0] != conn.source[0]:
+                    log.warning("login %s: the same key was online from %s, that connection lost (two hosts "
+                                "with one key?)", who, old.source[0])
             # A lingering or remote entry just goes: its peers never saw it leave.
             del self.online[conn.public_key]
         conn.nickname = nickname

@@ -141,7 +141,7 @@ class ClientDaemon:
             self.control = ControlClient(
                 s.key, [(ep.host, ep.port) for ep in s.servers], s.server_key, s.name, lambda: self.udp.port,
                 on_welcome=self._on_welcome, on_peer_up=self._on_peer_up, on_peer_down=self._on_peer_down,
-                report=self._discovery_report, fallback_ports=(s.fallback_port,),
+                report=self._discovery_report, fallback_ports=(s.fallback_port,), token=s.token,
                 candidates=self._own_candidates, on_networks=self._on_networks)
         log.info("interface %s up (%s), listening on UDP %d, %d static peers, offload %s",
                  self.tun.name, ", ".join(map(str, addrs)), self.udp.port, len(s.peers),

@@ -441,8 +441,14 @@ class Pong(Message):
 @message(71)
 @dataclass(frozen=True, slots=True)
 class Close(Message):
+    """The last message on a connection. Reasons that a client acts on start with one of the
+    prefixes below (free text follows); any other reason is shown to the user as it is."""
+
     FIELDS = ("text:1024",)
     reason: str
+
+    REPLACED = "replaced"  # this key logged in again elsewhere; this connection lost
+    SHUTDOWN = "server shutting down"  # come back soon
 
 
 # -- large netmaps ------------------------------------------------------------------
