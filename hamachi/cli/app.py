@@ -23,6 +23,7 @@ from hamachi.cli.party import party_app
 from hamachi.crypto.keys import KeyPair
 from hamachi.exitcodes import ExitCode, StartupError
 
+
 def _plain_metavars() -> None:
     """Help shows TEXT, PATH, INTEGER (or nothing, for a flag), never Python types like <bool>."""
     import typer.core as tc

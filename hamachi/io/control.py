@@ -206,7 +206,7 @@ class ControlListener:
             self._timer.cancel()
         for s in self.servers:
             s.close()
-        for conn_id, st in list(self.streams.items()):
+        for st in list(self.streams.values()):
             with contextlib.suppress(Exception):
                 st.write(M.Close(M.Close.SHUTDOWN))
         for st in list(self.streams.values()):
