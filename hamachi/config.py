@@ -153,6 +153,7 @@ class ClientSettings:
     # One-time enrolment token for a server with registration = "token" (`hamachi server token`);
     # only the first login of a new key needs it.
     token: str = field(default="", repr=False)
+    metrics: Endpoint | None = None  # Prometheus exporter (off by default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +590,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         p.finish()
         if pk is not None:
             peers.append(StaticPeer(pk, tuple(addrs), ep, pname, pka))
+    client_metrics = _metrics(c)
     c.finish()
     if not server_given and not peers:
         ld.problem("server.address", "is required unless static [[peer]] entries are given")
@@ -604,6 +606,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
         birthday_sockets=birthday_sockets, birthday_probes=birthday_probes, cipher=cipher,
         multicast_route=multicast_route, broadcast_route=broadcast_route,
         keepalive=keepalive, port_forward=pf, peers=tuple(peers), servers=tuple(servers), token=token,
+        metrics=client_metrics,
     )
 
 

@@ -18,12 +18,14 @@ import itertools
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from hamachi import __version__
 from hamachi.crypto.keys import KeyPair
 from hamachi.crypto.noise import CipherState, HandshakeError, NoiseIK
+from hamachi.io.metrics import Histogram
 from hamachi.proto.control_server import ControlServer
 from hamachi.wire import control as M
 from hamachi.wire.codec import DecodeError
@@ -34,6 +36,8 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_WRITE_BUFFER = 4 << 20
 PING_INTERVAL = 10.0
 FALLBACK_DELAY = 1.0  # the usual port gets this long on its own before the fallback port is tried too
+FANOUT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FANOUT_KINDS = {"PeerUp", "PeerDown", "Delta", "Netmap"}
 MAX_PARTS = 256  # parts of one split netmap update (a 65535-member network needs about 120)
 # A client whose key logged in from somewhere else waits this long before trying again, so two
 # hosts sharing one key do not take turns kicking each other off every few seconds.
@@ -85,15 +89,24 @@ class CoreThread:
         self.deliver = deliver
         self.publish: Callable[[list], None] | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hamachi-core")
+        # Fan-out latency: from the call that caused presence or netmap changes to their last
+        # message handed to the transports (queueing for the core thread included).
+        self.fanout = Histogram(FANOUT_BUCKETS)
+        self.sent: Counter = Counter()  # messages handed to the transports, by type
 
     def _run(self, fn, args):
         result = fn(*args)
         return result, self.core.outbox(), self.core.cluster_outbox()
 
     async def call(self, fn, *args):
+        started = time.monotonic()
         result, out, cluster = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn, args)
         if out:
             self.deliver(out)
+            kinds = Counter(type(m).__name__ for _, m in out)
+            self.sent.update(kinds)
+            if kinds.keys() & FANOUT_KINDS:
+                self.fanout.observe(time.monotonic() - started)
         if cluster and self.publish is not None:
             self.publish(cluster)
         return result

@@ -69,6 +69,7 @@ class RelayTable:
         self.drops: Counter = Counter()
         self.deny = deny or DenyList()
         self.forwarded = 0
+        self.forwarded_bytes = 0
         self._binds = RateLimiter(rate=binds_per_second, burst=binds_per_second)
 
     def handle(self, end: Hashable, data: bytes, now: float, wall: float, source_ip: str = "") -> list:
@@ -157,6 +158,7 @@ class RelayTable:
         s.last_active = now
         s.bytes += n
         self.forwarded += 1
+        self.forwarded_bytes += n
         return [(other, data)]
 
     def expire(self, now: float) -> int:

@@ -26,6 +26,7 @@ from hamachi.crypto.ticket import session_id_of
 from hamachi.exitcodes import ExitCode, StartupError
 from hamachi.io import discovery as nat_discovery
 from hamachi.io import localapi, netconf
+from hamachi.io import metrics as X
 from hamachi.io import stun as stun_io
 from hamachi.io.control import ControlClient
 from hamachi.io.dataplane import DataPlane, RelayLink
@@ -436,8 +437,31 @@ class ClientDaemon:
             "drops": drops,
         }
 
+    async def _metrics(self) -> list:
+        """Tunnel bytes and packets per peer and path state, drops by reason (from `status`)."""
+        st = await self._api_status({})
+        peers = st["peers"]
+        states: dict[str, int] = {}
+        for p in peers:
+            states[p["path"]] = states.get(p["path"], 0) + 1
+        traffic: dict[str, list] = {"bytes": [], "packets": []}
+        for p in peers:
+            labels = (p["name"] or p["public_key"][:10], p["path"])
+            for n, samples in traffic.items():
+                samples += [(labels + (d,), p[f"{d}_{n}"]) for d in ("rx", "tx")]
+        return [
+            X.gauge("hamachi_client_server_connected", "1 while logged in to the control server",
+                    int(st["server_connected"])),
+            X.gauge("hamachi_client_peers", "Peers by path state", labels=("path",),
+                    samples=(((k,), v) for k, v in sorted(states.items()))),
+            *(X.counter(f"hamachi_client_tunnel_{n}", f"Tunnel {n} per peer and path state",
+                        labels=("peer", "path", "direction"), samples=samples) for n, samples in traffic.items()),
+            X.by_reason("hamachi_client_drops", "Packets dropped, by reason", st["drops"]),
+        ]
+
     async def serve(self) -> None:
         self.api_server = await localapi.serve(self.settings.api_socket, self.handlers)
+        exporter = await X.serve(self.settings.metrics, "[client] metrics", self._metrics)
         control_task = asyncio.create_task(self.control.run()) if self.control else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -449,6 +473,8 @@ class ClientDaemon:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.control.request("bye"), 2.0)
             control_task.cancel()
+        if exporter is not None:
+            exporter.close()
         self.api_server.close()
 
 

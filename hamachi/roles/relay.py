@@ -10,6 +10,7 @@ from hamachi import config as C
 from hamachi.config import RelaySettings
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
+from hamachi.io import metrics as X
 from hamachi.io.instance import InstanceLock
 from hamachi.io.relay import RelayService
 from hamachi.proto.policy import DenyList
@@ -33,6 +34,18 @@ class RelayDaemon:
                 "forwarded": self.table.forwarded, "drops": dict(self.table.drops),
                 "tcp_connections": len(self.service.tcp)}
 
+    async def _metrics(self) -> list:
+        t = self.table
+        quota = {"rate": t.drops.get("rate_limited", 0), "bytes_per_day": t.drops.get("quota_bytes", 0)}
+        return [
+            X.gauge("hamachi_relay_sessions", "Relay sessions (bound pairs and half-bound)", len(t.sessions)),
+            X.gauge("hamachi_relay_tcp_connections", "Clients connected over TCP", len(self.service.tcp)),
+            X.counter("hamachi_relay_forwarded_packets", "Datagrams forwarded", t.forwarded),
+            X.counter("hamachi_relay_forwarded_bytes", "Bytes forwarded", t.forwarded_bytes),
+            X.by_reason("hamachi_relay_quota_drops", "Datagrams dropped over a plan quota", quota, "quota"),
+            X.by_reason("hamachi_relay_drops", "Datagrams dropped, by reason", dict(t.drops)),
+        ]
+
     def reload(self) -> None:
         """SIGHUP: reread the deny-list."""
         try:
@@ -48,12 +61,15 @@ class RelayDaemon:
         s = self.settings
         await self.service.start(s.listen_udp.as_tuple(), s.listen_tcp.as_tuple() if s.listen_tcp else None)
         api = await localapi.serve(s.api_socket, {"status": self._api_status})
+        exporter = await X.serve(s.metrics, "[relay] metrics", self._metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await stop.wait()
+        if exporter is not None:
+            exporter.close()
         api.close()
         self.service.close()
 

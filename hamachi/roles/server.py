@@ -19,6 +19,7 @@ from hamachi.config import ServerSettings
 from hamachi.crypto import password as pw
 from hamachi.crypto.ticket import shared_key
 from hamachi.io import localapi
+from hamachi.io import metrics as X
 from hamachi.io.control import ControlListener
 from hamachi.io.instance import InstanceLock, binding
 from hamachi.io.localapi import ApiError
@@ -67,6 +68,34 @@ class ServerDaemon:
                 "refusals": dict(self.core.refusals), "logouts": dict(self.core.logouts),
                 "stun": None if self.stun is None else {"answered": self.stun.responder.answered,
                                                         "drops": dict(self.stun.responder.drops)}}
+
+    async def _metrics(self) -> list:
+        """The server's Prometheus families, from a snapshot taken on the core thread."""
+        core, runner = self.core, self.listener.runner
+
+        def snap() -> dict:
+            return {"online": len(core.online), "local": sum(c.local for c in core.online.values()),
+                    "conns": len(core.conns), "stats": dict(core.stats), "refusals": dict(core.refusals),
+                    "logouts": dict(core.logouts), "sent": dict(runner.sent), "fanout": runner.fanout.snapshot()}
+
+        s = await runner.call(snap)
+        st = s["stats"]
+        return [
+            X.gauge("hamachi_server_online_clients", "Clients online (in a cluster: on any node)", s["online"]),
+            X.gauge("hamachi_server_local_clients", "Clients with a control connection to this node", s["local"]),
+            X.gauge("hamachi_server_connections", "Authenticated control connections", s["conns"]),
+            X.counter("hamachi_server_logins", "Successful logins", st.get("logins", 0)),
+            X.counter("hamachi_server_lost", "Clients lost (no keepalive, stream ended)", st.get("lost", 0)),
+            X.by_reason("hamachi_server_logouts", "Logouts by reason", s["logouts"]),
+            X.by_reason("hamachi_server_refusals", "Refusals (logins, requests, relay tickets) by reason",
+                        s["refusals"]),
+            X.counter("hamachi_server_deltas_sent", "Netmap deltas sent to clients", s["sent"].get("Delta", 0)),
+            X.by_reason("hamachi_server_messages_sent", "Control messages sent, by type", s["sent"], "type"),
+            X.histogram("hamachi_server_fanout_latency_seconds",
+                        "From a change to its last PeerUp/PeerDown/Delta handed to the transports", s["fanout"]),
+            X.by_reason("hamachi_server_drops", "Control connections dropped before the core, by reason",
+                        dict(self.listener.drops)),
+        ]
 
     async def _api_token(self, args: dict) -> dict:
         token = secrets.token_urlsafe(24)
@@ -129,6 +158,7 @@ class ServerDaemon:
             with binding("STUN (UDP)", "[server] stun_port", f"{port} or {port + 1}"):
                 stun = await StunService(list(self.settings.public_addresses), port).start()
         self.stun = stun
+        exporter = await X.serve(self.settings.metrics, "[server] metrics", self._metrics)
         api = await localapi.serve(self.settings.api_socket, {"status": self._api_status, "token": self._api_token,
                                                               "admin": self._api_admin})
         stop = asyncio.Event()
@@ -139,6 +169,8 @@ class ServerDaemon:
         await stop.wait()
         if stun is not None:
             stun.close()
+        if exporter is not None:
+            exporter.close()
         api.close()
         await self.listener.close()
         if self.cluster is not None:

@@ -164,12 +164,16 @@ class Deployment:
                                 stdout=log, stderr=log, cwd=str(ROOT))
         self.lab.wait_for(lambda: "7777" in srv.run(["ss", "-ltn"]).stdout, timeout=20, what="control server")
 
-    def add_client(self, host: str, name: str, port: int = 7777):
+    def add_client(self, host: str, name: str, port: int = 7777, client_extra: str = ""):
+        """`client_extra`: lines added to the [client] section (say `metrics = true`)."""
         d = self.tmp / name
         cli(self.lab.host(host), "client", "init", "--dir", str(d), "--server", f"198.51.100.10:{port}",
             "--server-key", self.server_key, "--name", name)
         cfg = d / "client.toml"
-        cfg.write_text(cfg.read_text().replace("/run/hamachi/client-ham0.sock", str(d / "api.sock")))
+        text = cfg.read_text().replace("/run/hamachi/client-ham0.sock", str(d / "api.sock"))
+        if client_extra:
+            text = text.replace("[client]\n", "[client]\n" + client_extra.rstrip("\n") + "\n", 1)
+        cfg.write_text(text)
         self.clients[name] = cfg
         self.procs[name] = start_client(self.lab.host(host), cfg)
         self.lab.wait_for(lambda: status(self.lab.host(host), cfg)["server_connected"], timeout=20,
