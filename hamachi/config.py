@@ -154,6 +154,9 @@ class ClientSettings:
     # only the first login of a new key needs it.
     token: str = field(default="", repr=False)
     metrics: Endpoint | None = None  # Prometheus exporter (off by default)
+    # Members of this group may read state (status, peers, networks, doctor) through the API
+    # socket without root; changes still need root. "" keeps the socket root-only.
+    api_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +324,10 @@ class _Section:
 
 
 class _Loader:
-    def __init__(self, path: Path, data: dict[str, Any]):
+    def __init__(self, path: Path, data: dict[str, Any], need_key: bool = True):
+        # need_key=False: commands that only talk to a running daemon (status, peers) never read
+        # the private key, so a user in the API socket's group can run them without root.
+        self.need_key = need_key
         self.path = path
         self.base = path.parent
         self.data = data
@@ -346,6 +352,8 @@ class _Loader:
         return [_Section(self, f"{name}[{i}]", t) for i, t in enumerate(raw)]
 
     def read_key(self, where: str, path: Path) -> KeyPair | None:
+        if not self.need_key:
+            return None
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -515,13 +523,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
 
-def load_client(path: str | os.PathLike[str]) -> ClientSettings:
+def load_client(path: str | os.PathLike[str], need_key: bool = True) -> ClientSettings:
     path = Path(path).resolve()
-    ld = _Loader(path, _read_toml(path))
+    ld = _Loader(path, _read_toml(path), need_key)
     c = ld.section("client", required=True)
     name = c.convert("name", c.get("name", str, required=True), _nickname, "")
     key_file, key = c.key_file()
     api_socket = c.path("api_socket", None)
+    api_group = c.get("api_group", str, "")
     state_dir = c.path("state_dir", ".")
 
     s = ld.section("server")
@@ -598,7 +607,7 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     if api_socket is None:
         api_socket = Path(DEFAULT_RUN_DIR) / f"client-{interface}.sock"
     return ClientSettings(
-        config_path=path, name=name, key_file=key_file, key=key, api_socket=api_socket,
+        config_path=path, name=name, key_file=key_file, key=key, api_socket=api_socket, api_group=api_group,
         state_dir=state_dir, server=server, server_key=server_key, stun_port=client_stun_port,
         fallback_port=fallback_port,
         interface=interface, mode=mode,
@@ -610,9 +619,9 @@ def load_client(path: str | os.PathLike[str]) -> ClientSettings:
     )
 
 
-def load_server(path: str | os.PathLike[str]) -> ServerSettings:
+def load_server(path: str | os.PathLike[str], need_key: bool = True) -> ServerSettings:
     path = Path(path).resolve()
-    ld = _Loader(path, _read_toml(path))
+    ld = _Loader(path, _read_toml(path), need_key)
     s = ld.section("server", required=True)
     key_file, key = s.key_file()
     listen_raw = s.get("listen", list, [f"0.0.0.0:{DEFAULT_CONTROL_PORT}"])
@@ -688,9 +697,9 @@ def load_server(path: str | os.PathLike[str]) -> ServerSettings:
     )
 
 
-def load_relay(path: str | os.PathLike[str]) -> RelaySettings:
+def load_relay(path: str | os.PathLike[str], need_key: bool = True) -> RelaySettings:
     path = Path(path).resolve()
-    ld = _Loader(path, _read_toml(path))
+    ld = _Loader(path, _read_toml(path), need_key)
     r = ld.section("relay", required=True)
     key_file, key = r.key_file()
     server_key = r.public_key("server_public_key")
@@ -768,9 +777,9 @@ def _deny(ld: _Loader, scopes: tuple[str, ...] = SCOPES) -> tuple[DenyEntry, ...
 LOADERS = {"client": load_client, "server": load_server, "relay": load_relay}
 
 
-def load(role: str, path: str | os.PathLike[str]):
+def load(role: str, path: str | os.PathLike[str], need_key: bool = True):
     try:
-        return LOADERS[role](path)
+        return LOADERS[role](path, need_key)
     except ConfigError:
         other = _config_role(Path(path))
         if other is not None and other != role:

@@ -7,10 +7,16 @@ A real `hamachi server run` on loopback (no root needed) and real control client
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +26,7 @@ from typer.testing import CliRunner
 from hamachi.crypto.keys import KeyPair, decode_key
 from hamachi.exitcodes import ExitCode
 from hamachi.io.control import WRONG_KEY, ControlClient
-from tests.test_everyday import _cli, _free_port, _server_cfg
+from tests.test_everyday import _cli, _free_port, _one_line, _server_cfg
 
 
 class Server:
@@ -193,3 +199,129 @@ def test_help_has_no_python_artefacts():
     out = runner.invoke(app, ["relay", "init", "--help"], env={"COLUMNS": "100"}).output
     assert "[[relay]]" in out
     assert ExitCode.OK == 0
+
+
+def _render(renderable, width: int = 80) -> str:
+    from rich.console import Console
+
+    con = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)
+    con.print(renderable)
+    return con.export_text()
+
+
+STATUS = {
+    "interface": "ham0", "mode": "tun", "listen": 41641, "fastpath": "c",
+    "addresses": ["100.64.12.34/10", "fd3a:91c2:77e0:0:ffff:ffff:ffff:ffff/48"],
+    "public_key": "bxOhDkaYQ2YELx6ut2ZUsxBUwNrkmdgLbjHBU+lSbiQ=",
+    "offload": {"tun_tso": True, "tun_uso": False, "udp_gso": True, "udp_gro": True},
+    "server": "control.example.net:7777", "server_connected": False, "server_port": None,
+    "server_error": "the server closed the connection during the handshake: its key does not match",
+    "nat_summary": "endpoint-independent mapping, address-dependent filtering",
+    "peers": [
+        {"name": "bob-the-longest-nickname", "public_key": "A" * 43 + "=",
+         "addresses": ["100.64.200.201/32", "fd3a:91c2:77e0:0:1234:5678:9abc:def0/128"],
+         "endpoint": "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:41641", "path": "direct", "relay": None,
+         "rtt_ms": 12.345, "last_handshake_ago": 4.0, "rx_bytes": 123456789, "rx_packets": 98765,
+         "tx_bytes": 1234567890, "tx_packets": 987654, "drops": {"replay": 3}},
+        {"name": "", "public_key": "B" * 43 + "=", "addresses": ["100.64.0.3/32"],
+         "endpoint": "relay:0011223344556677", "path": "relayed", "relay": "relay-frankfurt-1 (tcp)",
+         "rtt_ms": None, "last_handshake_ago": None, "rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0,
+         "tx_packets": 0, "drops": {}},
+    ],
+    "drops": {"no_route": 3, "bad_mac": 0},
+}
+
+
+def test_status_and_peers_fit_80_columns_and_cut_nothing():
+    from hamachi.cli import views
+
+    peer_parts = ["relay-frankfurt-1 (tcp)", STATUS["peers"][0]["endpoint"]]
+    for p in STATUS["peers"]:
+        peer_parts += p["addresses"]
+    for renderable, wanted in ((views.status(STATUS), STATUS["addresses"] + peer_parts),
+                               (views.peers_table(STATUS["peers"]), peer_parts)):
+        text = _render(renderable)
+        lines = text.splitlines()
+        assert max(map(len, lines)) <= 80, text
+        # nothing a user copies is cut: every address and endpoint is whole on one line
+        for w in wanted:
+            assert any(w in ln for ln in lines), (w, text)
+        assert "bob-the-longest-nickname" in text
+        assert "None" not in text and "True" not in text and "{" not in text, text
+    text = _render(views.status(STATUS))
+    assert "bxOhDkaYQ2…" in text and STATUS["public_key"] not in text  # keys short
+    assert "NOT connected: the server closed the" in " ".join(text.split())
+    assert "offload" in text and "tun_tso, udp_gso, udp_gro" in text
+    assert "harmless" in text  # a fresh interface's no_route drops are explained
+
+
+def test_server_status_and_check_show_no_python_values(tmp_path, server):
+    r = _cli("server", "status", "--config", str(server.cfg), env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert "stats" in r.stdout and "{" not in r.stdout and "None" not in r.stdout, r.stdout
+    assert max(map(len, r.stdout.splitlines())) <= 80, r.stdout
+    r = _cli("server", "run", "--config", str(server.cfg), "--check")
+    assert r.returncode == 0, r.stderr
+    assert "None" not in r.stdout and "{" not in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv")
+                    or not os.path.exists("/dev/net/tun"),
+                    reason="needs root, unshare, setpriv and /dev/net/tun (a real client daemon and another user)")
+def test_status_without_root_through_the_sockets_group():
+    import grp
+
+    group = grp.getgrgid(65534).gr_name  # nogroup / nobody: exists on Debian and Fedora alike
+    d = Path(tempfile.mkdtemp(prefix="hamachi-apigroup-"))
+    try:
+        os.chmod(d, 0o755)
+        key = KeyPair.generate()
+        (d / "client.key").write_text(key.private_text() + "\n")
+        os.chmod(d / "client.key", 0o600)
+        cfg = d / "client.toml"
+        cfg.write_text(textwrap.dedent(f"""
+            [client]
+            name = "alice"
+            key_file = "client.key"
+            api_socket = "{d}/run/client.sock"
+            api_group = "{group}"
+            [tunnel]
+            interface = "hamg0"
+            address = "100.64.0.1/24"
+            listen_port = 0
+            [[peer]]
+            public_key = "{KeyPair.generate().public_text()}"
+            addresses = ["100.64.0.2/32"]
+            """))
+        os.chmod(cfg, 0o644)
+        env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+        daemon = subprocess.Popen(["unshare", "--net", sys.executable, "-m", "hamachi", "client", "up", "--config",
+                                   str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            sock = d / "run" / "client.sock"
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                assert daemon.poll() is None, daemon.stderr.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            st = sock.stat()
+            assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534
+
+            def as_nobody(gid: int, *args: str) -> subprocess.CompletedProcess:
+                return subprocess.run(["setpriv", "--reuid=65534", f"--regid={gid}", "--clear-groups",
+                                       sys.executable, "-m", "hamachi", "client", *args, "--config", str(cfg)],
+                                      capture_output=True, text=True, timeout=60, env=env, cwd="/")
+
+            r = as_nobody(65534, "status", "--json")
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["interface"] == "hamg0" and len(out["peers"]) == 1  # read without the private key
+            r = as_nobody(65534, "leave", "lan")
+            assert r.returncode == ExitCode.NO_PRIVILEGE and "'leave' needs root" in _one_line(r)
+            r = as_nobody(54321, "status")  # not in the group
+            assert r.returncode == ExitCode.NO_PRIVILEGE and "permission denied" in _one_line(r)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=20)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from hamachi import __version__
 from hamachi import config as C
-from hamachi.cli import output, templates
+from hamachi.cli import output, templates, views
 from hamachi.cli.party import party_app
 from hamachi.crypto.keys import KeyPair
 from hamachi.exitcodes import ExitCode, StartupError
@@ -111,13 +111,15 @@ def _exit(code: ExitCode) -> None:
     raise typer.Exit(int(code))
 
 
-def _load(role: str, path: Path | None, as_json: bool = False) -> Any:
+def _load(role: str, path: Path | None, as_json: bool = False, need_key: bool = False) -> Any:
+    """The settings; only a daemon reads its private key (`need_key`): the commands that talk to a
+    running daemon do not, so a member of the API socket's group can run them without root."""
     output.json_errors = as_json
     if path is None:
         output.fail(f"no config given: pass --config FILE or set HAMACHI_CONFIG (create one with `hamachi {role} init`)")
         _exit(ExitCode.BAD_CONFIG)
     try:
-        return C.load(role, path)
+        return C.load(role, path, need_key)
     except C.ConfigError as exc:
         for line in exc.problems:
             output.fail(line, prefix=False)
@@ -127,15 +129,8 @@ def _load(role: str, path: Path | None, as_json: bool = False) -> Any:
 def _check_view(role: str, settings: Any, as_json: bool) -> None:
     data = {"role": role, "valid": True, "settings": C.redacted(settings)}
 
-    def render(d: dict[str, Any]) -> Table:
-        t = Table(title=f"{role} config {settings.config_path}: OK", show_header=True)
-        t.add_column("setting")
-        t.add_column("value")
-        for k, v in d["settings"].items():
-            t.add_row(k, str(v))
-        return t
-
-    output.emit(data, as_json, render)
+    output.emit(data, as_json, lambda d: views.key_values(d["settings"], f"{role} config "
+                                                          f"{settings.config_path}: OK"))
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -159,7 +154,7 @@ def _run_role(role: str, config: Path | None, check: bool, as_json: bool, verbos
     """`server run`, `relay run`, `client up`: validate, or start the role's daemon in the foreground."""
     global _verbose
     _verbose = verbose
-    settings = _load(role, config, as_json)
+    settings = _load(role, config, as_json, need_key=True)
     overrides = {k: v for k, v in overrides.items() if v}
     if overrides:
         settings = C.with_overrides(settings, **overrides)
@@ -199,7 +194,9 @@ def _api(settings: Any, verb: str, args: dict[str, Any] | None = None) -> Any:
         output.fail(f"{exc}; start it with `hamachi {role} --config {settings.config_path}`")
         _exit(ExitCode.NOT_RUNNING)
     except PermissionError:
-        output.fail(f"permission denied on {settings.api_socket}: the local API is for root only")
+        hint = (" (or a member of the socket's group: set [client] api_group)" if hasattr(settings, "api_group")
+                else "")
+        output.fail(f"permission denied on {settings.api_socket}: the local API is for root only{hint}")
         _exit(ExitCode.NO_PRIVILEGE)
     except localapi.ApiError as exc:
         output.fail(str(exc))
@@ -352,57 +349,12 @@ def client_up(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOp
     _run_role("client", config, check, as_json, verbose, token=token)
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _render_status(d: dict[str, Any]) -> Any:
-    from rich.console import Group
-
-    head = Table.grid(padding=(0, 2))
-    head.add_row("interface", str(d.get("interface")), "addresses", ", ".join(d.get("addresses", [])))
-    head.add_row("public key", str(d.get("public_key")), "listen", str(d.get("listen")))
-    head.add_row("offload", str(d.get("offload")), "server", str(d.get("server", "-")))
-    t = Table(title="peers")
-    for col in ("peer", "addresses", "endpoint", "path", "rtt", "handshake", "rx", "tx", "drops"):
-        t.add_column(col)
-    for p in d.get("peers", []):
-        drops = ", ".join(f"{k}={v}" for k, v in (p.get("drops") or {}).items() if v) or "-"
-        hs = p.get("last_handshake_ago")
-        t.add_row(
-            p.get("name") or p["public_key"][:10] + "…",
-            ", ".join(p.get("addresses", [])),
-            (f"relay {p['relay']}" if p.get("relay") else p.get("endpoint")) or "-",
-            p.get("path", "-"),
-            f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-",
-            f"{hs:.0f}s ago" if hs is not None else "never",
-            f"{_fmt_bytes(p.get('rx_bytes', 0))} / {p.get('rx_packets', 0)} pkts",
-            f"{_fmt_bytes(p.get('tx_bytes', 0))} / {p.get('tx_packets', 0)} pkts",
-            drops,
-        )
-    drops = d.get("drops") or {}
-    g = [head, t]
-    if any(drops.values()):
-        dt = Table(title="dropped packets")
-        dt.add_column("reason")
-        dt.add_column("count", justify="right")
-        for k, v in sorted(drops.items()):
-            if v:
-                dt.add_row(k, str(v))
-        g.append(dt)
-    return Group(*g)
-
-
 @client_app.command("status")
 def client_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running daemon: interface, each peer's path, RTT, traffic and drops."""
     settings = _load("client", config, as_json)
     result = _api(settings, "status")
-    output.emit(result, as_json, _render_status)
+    output.emit(result, as_json, views.status)
 
 
 def _render_networks(d: dict[str, Any]) -> Any:
@@ -412,7 +364,8 @@ def _render_networks(d: dict[str, Any]) -> Any:
         return "not a member of any network (create one with `hamachi client create NAME`)"
     tables = []
     for n in d["networks"]:
-        flags = ", ".join(f for f, on in (("locked", n["locked"]), ("approval", n["approval"])) if on) or "open"
+        flags = ", ".join(f for f, on in (("locked", n["locked"]), ("password", n.get("password")),
+                                          ("approval", n["approval"])) if on) or "open"
         pending = "  -- you wait for the owner's approval" if n.get("pending") else ""
         t = Table(title=f"{n['name']}  ({n['mode']}, {flags}, max {n['max_members']}){pending}")
         for col in ("member", "address", "state", "online"):
@@ -436,7 +389,7 @@ def client_peers(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the peers you have tunnels to: path, endpoint, handshake, traffic."""
     settings = _load("client", config, as_json)
     result = _api(settings, "status")
-    output.emit({"peers": result["peers"]}, as_json, lambda d: _render_status({"peers": d["peers"]}).renderables[1])
+    output.emit({"peers": result["peers"]}, as_json, lambda d: views.peers_table(d["peers"]))
 
 
 NetworkArg = Annotated[str, typer.Argument(help="Network name.")]
@@ -547,17 +500,14 @@ def client_doctor(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Explain in plain words: your NAT, each peer's path, and what would fix a missing one."""
     settings = _load("client", config, as_json)
 
-    def render(d: dict[str, Any]) -> str:
-        return "\n".join(f"{'ok ' if f['ok'] else '!! '} {f['topic']}: {f['text']}" for f in d["findings"])
-
-    output.emit(_api(settings, "doctor"), as_json, render)
+    output.emit(_api(settings, "doctor"), as_json, views.doctor)
 
 
 @relay_app.command("status")
 def relay_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running relay: sessions, forwarded messages, drops by reason."""
     settings = _load("relay", config, as_json)
-    output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    output.emit(_api(settings, "status"), as_json, views.key_values)
 
 
 @server_app.command("token")
@@ -571,7 +521,7 @@ def server_token(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def server_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the running server: clients online, logins, drops."""
     settings = _load("server", config, as_json)
-    output.emit(_api(settings, "status"), as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    output.emit(_api(settings, "status"), as_json, views.key_values)
 
 
 from hamachi.cli import admin as _admin  # noqa: E402  (needs _load and _api above)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,9 @@ from rich.markup import escape
 
 SCHEMA_VERSION = 1
 
-# Not a terminal (pipes, CI, scripts): wide enough that tables do not wrap every cell.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# Views are laid out for 80 columns; not a terminal (pipes, scripts): $COLUMNS, else 80.
+out = Console(highlight=False, soft_wrap=False,
+              width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 0) or 80)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -25,7 +27,8 @@ def emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]],
     else:
         result = render(data)
         if isinstance(result, str):
-            out.print(result, markup=False)  # plain text may contain brackets, e.g. [[relay]]
+            # Plain text may contain brackets ([[relay]]) and commands to copy: never broken up.
+            out.print(result, markup=False, soft_wrap=True)
         elif result is not None:
             out.print(result)
 

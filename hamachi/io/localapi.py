@@ -38,20 +38,40 @@ class DaemonNotRunning(Exception):
     pass
 
 
-async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
+def group_id(group: str) -> int:
+    """The gid of a group name (or number); StartupError-ready ValueError if there is none."""
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ValueError(f"api_group: there is no group {group!r} on this machine (create it with "
+                         f"`groupadd {group}`, or leave api_group unset for a root-only socket)") from None
+
+
+async def serve(path: Path, handlers: dict[str, Handler], group: str = "",
+                read_verbs: frozenset[str] = frozenset()) -> asyncio.AbstractServer:
+    """Serve the API on `path`: 0600 (root only), or 0660 with `group` (its members may call only
+    `read_verbs`; every other verb needs root or the daemon's own user)."""
+    gid = group_id(group) if group else None
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    trusted = {0, os.geteuid()}
 
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         caller = peer_credentials(writer.get_extra_info("socket"))
+        uid = caller.split()[1]
+        allowed = None if gid is None or (uid.isdigit() and int(uid) in trusted) else read_verbs
         try:
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                reply = await _dispatch(line, handlers, caller)
+                reply = await _dispatch(line, handlers, caller, allowed)
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         finally:
@@ -62,6 +82,11 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.AbstractSer
         server = await asyncio.start_unix_server(on_conn, path=str(path), limit=MAX_REQUEST)
     finally:
         os.umask(old)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+        # The group must reach the socket: others may pass through the directory (never list it).
+        os.chmod(path.parent, path.parent.stat().st_mode & 0o7777 | 0o011)
     return server
 
 
@@ -75,7 +100,8 @@ def peer_credentials(sock: socket.socket | None) -> str:
     return f"uid {uid} pid {pid}"
 
 
-async def _dispatch(line: bytes, handlers: dict[str, Handler], caller: str = "") -> dict[str, Any]:
+async def _dispatch(line: bytes, handlers: dict[str, Handler], caller: str = "",
+                    allowed: frozenset[str] | None = None) -> dict[str, Any]:
     try:
         req = json.loads(line)
         verb = req["verb"]
@@ -88,6 +114,9 @@ async def _dispatch(line: bytes, handlers: dict[str, Handler], caller: str = "")
     handler = handlers.get(verb)
     if handler is None:
         return {"ok": False, "error": f"unknown verb {verb!r}", "code": 2}
+    if allowed is not None and verb not in allowed:
+        return {"ok": False, "code": 5, "error": f"{verb!r} needs root: the API group may only read "
+                                                  f"({', '.join(sorted(allowed))})"}
     try:
         return {"ok": True, "result": await handler(args)}
     except ApiError as exc:

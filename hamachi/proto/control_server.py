@@ -488,8 +488,11 @@ class ControlServer:
         n = self.store.get_network(name)
         if n is None:
             return None
+        settings = dict(self.store.network_settings(name))
+        if n.password_hash:  # members see that it has one (never the hash)
+            settings["password"] = "yes"
         return M.NetworkInfo(n.name, n.owner, n.mode, int(n.locked), int(n.approval), n.max_members,
-                             self._member_info(name), tuple(self.store.network_settings(name).items()))
+                             self._member_info(name), tuple(settings.items()))
 
     def _visible(self, key: bytes) -> list[str]:
         return [m.network for m in self.store.memberships(key)]

@@ -39,6 +39,8 @@ from hamachi.proto.tunnel import PeerConfig, Tunnel
 from hamachi.wire.control import MAX_CANDIDATES, Candidate
 
 log = logging.getLogger("hamachi.client")
+# What a member of [client] api_group may ask without root (reading state, never changing it).
+READ_VERBS = frozenset({"status", "peers", "networks", "doctor", "ping", "whois"})
 
 
 def fastest_first(size: int = 1400, count: int = 400) -> tuple[str, ...]:
@@ -101,6 +103,11 @@ class ClientDaemon:
     def start(self) -> None:
         s = self.settings
         require_net_admin("creating the TUN device")
+        if s.api_group:
+            try:
+                localapi.group_id(s.api_group)
+            except ValueError as exc:
+                raise StartupError(f"{s.config_path}: client.{exc}", ExitCode.BAD_CONFIG) from None
         # Birthday probing against symmetric NATs keeps hundreds of sockets open for a while.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = min(hard, max(soft, 2 * s.birthday_sockets + 256))
@@ -342,6 +349,7 @@ class ClientDaemon:
         for n in sorted(self.control.networks.values(), key=lambda n: n.name):
             nets.append({"name": n.name, "owner": encode_key(n.owner), "mode": n.mode, "locked": bool(n.locked),
                          "approval": bool(n.approval), "max_members": n.max_members,
+                         "password": n.setting("password") == "yes",
                          "pending": any(m.public_key == self.settings.key.public and m.state == "pending"
                                         for m in n.members),
                          "members": [{"nickname": m.nickname, "public_key": encode_key(m.public_key),
@@ -387,11 +395,12 @@ class ClientDaemon:
             why = ("both sides may be behind NATs that will not let the other in (for example both symmetric, "
                    "or a firewall that lets no UDP out)" if nat is not None and nat.nat
                    else "the peer's NAT or firewall does not let our packets in")
+            rtt = f"RTT {p['rtt_ms']:.1f} ms" if p["rtt_ms"] is not None else "RTT not measured yet"
+            hs = p["last_handshake_ago"]
             if p["path"] == "direct":
-                findings.append({"topic": name, "ok": True, "text": f"direct path via {p['endpoint']}, "
-                                 f"RTT {p['rtt_ms']} ms, last handshake {p['last_handshake_ago']}s ago"})
+                findings.append({"topic": name, "ok": True, "text": f"direct path via {p['endpoint']}, {rtt}, "
+                                 + (f"last handshake {hs:.0f}s ago" if hs is not None else "no handshake yet")})
             elif p["path"] == "relayed":
-                rtt = f"RTT {p['rtt_ms']} ms" if p["rtt_ms"] is not None else "RTT not measured yet"
                 findings.append({"topic": name, "ok": True, "text": f"relayed via {p['relay']} (still end-to-end "
                                  f"encrypted), {rtt}: "
                                  f"no direct path because {why}; still trying direct every "
@@ -460,7 +469,8 @@ class ClientDaemon:
         ]
 
     async def serve(self) -> None:
-        self.api_server = await localapi.serve(self.settings.api_socket, self.handlers)
+        self.api_server = await localapi.serve(self.settings.api_socket, self.handlers, self.settings.api_group,
+                                               READ_VERBS)
         exporter = await X.serve(self.settings.metrics, "[client] metrics", self._metrics)
         control_task = asyncio.create_task(self.control.run()) if self.control else None
         stop = asyncio.Event()
