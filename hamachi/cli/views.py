@@ -76,7 +76,7 @@ _COLS = (("peer", 20, "<"), ("path", 9, "<"), ("rtt", 9, ">"), ("handshake", 10,
 
 
 def _row(cells: list[str]) -> str:
-    return " ".join(f"{c:{al}{w}}" for c, (_, w, al) in zip(cells, _COLS)).rstrip()
+    return " ".join(f"{c:{al}{w}}" for c, (_, w, al) in zip(cells, _COLS, strict=True)).rstrip()
 
 
 def _fill(label: str, items: list[str], indent: str = "    ") -> list[str]:
