@@ -29,7 +29,8 @@ from hamachi.proto.policy import SCOPES, DenyEntry, Plan, parse_cidr
 
 DEFAULT_CONTROL_PORT = 7777
 DEFAULT_STUN_PORT = 3478
-DEFAULT_DATA_PORT = 41641
+# Our own: 41641 is Tailscale's, 51820 WireGuard's, 9993 ZeroTier's, 4242 Nebula's (a machine may run them too).
+DEFAULT_DATA_PORT = 39393
 DEFAULT_RELAY_UDP_PORT = 3480  # 3478-3479 are the STUN service (primary and RFC 5780 alternate port)
 DEFAULT_RELAY_TCP_PORT = 443
 # Control connections also on TCP 443 where the server can bind it, and clients try it after the
@@ -838,6 +839,15 @@ def redacted(settings: Any) -> Any:
 
 def with_overrides(settings: Any, **changes: Any) -> Any:
     return replace(settings, **changes)
+
+
+def default_config_path(role: str) -> Path:
+    """Where `init` writes and every command looks without --config: /etc/hamachi/ROLE.toml for
+    root, else $XDG_CONFIG_HOME/hamachi/ROLE.toml (~/.config/hamachi/ROLE.toml)."""
+    if os.geteuid() == 0:
+        return Path("/etc/hamachi") / f"{role}.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hamachi" / f"{role}.toml"
 
 
 def party_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

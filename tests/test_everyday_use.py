@@ -325,3 +325,55 @@ def test_status_without_root_through_the_sockets_group():
             daemon.wait(timeout=20)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_default_udp_port_is_our_own():
+    from hamachi import config as C
+    from hamachi.cli import templates
+
+    assert C.DEFAULT_DATA_PORT not in (41641, 51820, 9993, 4242)  # Tailscale, WireGuard, ZeroTier, Nebula
+    assert f"listen_port = {C.DEFAULT_DATA_PORT}" in templates.client_toml("a", "h:1", "k", "ham0")
+
+
+def test_shell_completion_is_on():
+    env = {**os.environ, "_HAMACHI_COMPLETE": "complete_bash", "COMP_WORDS": "hamachi client st", "COMP_CWORD": "2"}
+    r = subprocess.run([sys.executable, "-m", "hamachi"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["status"], (r.stdout, r.stderr)
+    r = _cli("--show-completion", "bash")
+    assert r.returncode == 0 and "_HAMACHI_COMPLETE" in r.stdout
+
+
+def test_default_config_paths(monkeypatch, tmp_path):
+    from hamachi import config as C
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert C.default_config_path("server") == Path("/etc/hamachi/server.toml")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert C.default_config_path("client") == tmp_path / "hamachi" / "client.toml"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv (runs as nobody)")
+def test_init_writes_the_default_config_and_commands_find_it():
+    d = Path(tempfile.mkdtemp(prefix="hamachi-xdg-"))
+    try:
+        os.chmod(d, 0o777)
+        env = {**os.environ, "XDG_CONFIG_HOME": str(d), "HOME": str(d),
+               "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+        env.pop("HAMACHI_CONFIG", None)
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-m", "hamachi", *args], capture_output=True, text=True, timeout=60, env=env, cwd="/")
+
+        r = as_nobody("client", "up", "--check")
+        assert r.returncode == ExitCode.BAD_CONFIG and f"no config at {d}/hamachi/client.toml" in _one_line(r)
+        r = as_nobody("client", "init", "--server", "127.0.0.1:7777", "--server-key", KeyPair.generate().public_text(),
+                      "--name", "nobody")
+        assert r.returncode == 0, r.stderr
+        assert (d / "hamachi" / "client.toml").exists() and (d / "hamachi" / "client.key").exists()
+        r = as_nobody("client", "up", "--check", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["settings"]["config_path"] == f"{d}/hamachi/client.toml"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

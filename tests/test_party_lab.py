@@ -31,7 +31,7 @@ from tests.lab import Site, Topology
 from tests.lab.nodes import ROOT, hamachi_cmd, start_client, status, stop, write_key
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-FORWARDED = {"tcp": (7777, 7443), "udp": (3478, 3480, 41641)}
+FORWARDED = {"tcp": (7777, 7443), "udp": (3478, 3480, 39393)}
 
 
 def _forward_ports(lab, nat: str, wan_ip: str, to: str) -> None:

@@ -60,7 +60,7 @@ app = typer.Typer(
     name="hamachi",
     help="Open, self-hostable peer-to-peer VPN: control server, relay and client.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 server_app = typer.Typer(help="The control server: logins, networks, presence, STUN.", no_args_is_help=True)
@@ -74,8 +74,20 @@ app.add_typer(party_app, name="party")
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="HAMACHI_CONFIG", help="TOML config file (env HAMACHI_CONFIG)."),
+    typer.Option("--config", "-c", envvar="HAMACHI_CONFIG", show_envvar=False,
+                 help="TOML config file (env HAMACHI_CONFIG; default /etc/hamachi/ROLE.toml for root, "
+                      "else ~/.config/hamachi/ROLE.toml)."),
 ]
+
+
+def _dir_opt(role: str) -> Any:
+    return Annotated[Path | None, typer.Option(
+        "--dir", help=f"Directory to write {role}.toml and {role}.key into (default: /etc/hamachi for root, "
+                      "else ~/.config/hamachi).")]
+
+
+def _init_target(role: str, directory: Path | None) -> Path:
+    return directory if directory is not None else C.default_config_path(role).parent
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (with schema_version) instead of a table.")]
 CheckOpt = Annotated[
     bool, typer.Option("--check", help="Validate the config, print the resolved settings and exit.")
@@ -116,8 +128,11 @@ def _load(role: str, path: Path | None, as_json: bool = False, need_key: bool = 
     running daemon do not, so a member of the API socket's group can run them without root."""
     output.json_errors = as_json
     if path is None:
-        output.fail(f"no config given: pass --config FILE or set HAMACHI_CONFIG (create one with `hamachi {role} init`)")
-        _exit(ExitCode.BAD_CONFIG)
+        path = C.default_config_path(role)
+        if not path.exists():
+            output.fail(f"no config at {path} (the default): create one with `hamachi {role} init`, or pass "
+                        "--config FILE (or set HAMACHI_CONFIG)")
+            _exit(ExitCode.BAD_CONFIG)
     try:
         return C.load(role, path, need_key)
     except C.ConfigError as exc:
@@ -209,15 +224,16 @@ def _api(settings: Any, verb: str, args: dict[str, Any] | None = None) -> Any:
 
 @server_app.command("init")
 def server_init(
-    directory: Annotated[Path, typer.Option("--dir", help="Directory to write server.toml and server.key into.")],
     public_address: Annotated[
         list[str], typer.Option("--public-address", help="A public IP of this server (give two for RFC 5780).")
     ],
     port: Annotated[int, typer.Option(help="Control port.")] = C.DEFAULT_CONTROL_PORT,
+    directory: _dir_opt("server") = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented server config and a new key, and print what clients need."""
+    directory = _init_target("server", directory)
     output.json_errors = as_json
     problems = []
     for a in public_address:
@@ -259,14 +275,15 @@ def server_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonO
 
 @relay_app.command("init")
 def relay_init(
-    directory: Annotated[Path, typer.Option("--dir", help="Directory to write relay.toml and relay.key into.")],
     server_key: Annotated[str, typer.Option("--server-key", help="Public key of the control server.")] = "",
     udp_port: Annotated[int, typer.Option(help="UDP port for relayed traffic.")] = C.DEFAULT_RELAY_UDP_PORT,
     tcp_port: Annotated[int, typer.Option(help="TCP port for framed relaying.")] = C.DEFAULT_RELAY_TCP_PORT,
+    directory: _dir_opt("relay") = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented relay config and a new key, and print the server's \\[\\[relay]] entry."""
+    directory = _init_target("relay", directory)
     output.json_errors = as_json
     if not server_key:
         output.fail("--server-key is required: a relay honours only the tickets of one control server "
@@ -301,16 +318,17 @@ def relay_run(config: ConfigOpt = None, check: CheckOpt = False, as_json: JsonOp
 
 @client_app.command("init")
 def client_init(
-    directory: Annotated[Path, typer.Option("--dir", help="Directory to write client.toml and client.key into.")],
     server: Annotated[str, typer.Option("--server", help="Control server as HOST:PORT.")],
     server_key: Annotated[str, typer.Option("--server-key", help="The server's public key.")],
     name: Annotated[str, typer.Option("--name", help="Your nickname.")],
     interface: Annotated[str, typer.Option(help="Virtual interface name.")] = C.DEFAULT_INTERFACE,
     token: TokenOpt = "",
+    directory: _dir_opt("client") = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented client config and a new key."""
+    directory = _init_target("client", directory)
     output.json_errors = as_json
     problems = []
     try:
@@ -531,6 +549,8 @@ server_app.add_typer(_admin.build(_load, _api), name="admin")
 
 def main() -> None:
     try:
-        app()
+        # One program name however it was started (python -m, the .pyz, the wheel's script), so
+        # usage lines say `hamachi` and shell completion answers to _HAMACHI_COMPLETE.
+        app(prog_name="hamachi")
     except KeyboardInterrupt:
         sys.exit(130)
