@@ -137,6 +137,28 @@ def drops_table(drops: dict[str, int]) -> Table | None:
     return t
 
 
+def networks_lines(d: dict[str, Any]) -> Text:
+    """Each network: mode, the device it uses (a TAP network has its own), broadcast and frame counters."""
+    lines = ["", "networks"]
+    for n in d.get("networks") or []:
+        dev = n.get("device")
+        if n.get("mode") == "tap":
+            where = f"{dev['device']} MAC {n.get('mac', '-')}" if dev else "no device yet"
+        else:
+            where = str(d.get("interface"))
+        lines.append(f"{n['name']} ({n.get('mode')}) on {where}, broadcast {'on' if n.get('broadcast') else 'off'}")
+        counts = [f"rx {n.get('rx', 0)}", f"tx {n.get('tx', 0)}"]
+        if dev:
+            counts += [f"frames in {dev['rx_frames']} ({fmt_bytes(dev['rx_bytes'])})",
+                       f"out {dev['tx_frames']} ({fmt_bytes(dev['tx_bytes'])})",
+                       f"learned MACs {n.get('learned_macs', 0)}"]
+        lines += _fill("traffic", counts)
+        drops = [f"{k} {v}" for k, v in (n.get("drops") or {}).items() if v]
+        if drops:
+            lines += _fill("drops", drops)
+    return Text("\n".join(lines))
+
+
 def status(d: dict[str, Any]) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold", no_wrap=True)
@@ -151,6 +173,8 @@ def status(d: dict[str, Any]) -> Group:
     if d.get("fastpath"):
         head.add_row("fast path", "C" if d["fastpath"] == "c" else d["fastpath"])
     parts: list[Any] = [head, peers_table(d.get("peers", []))]
+    if d.get("networks"):
+        parts.append(networks_lines(d))
     dt = drops_table(d.get("drops") or {})
     if dt is not None:
         parts.append(dt)

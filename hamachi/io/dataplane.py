@@ -92,6 +92,11 @@ class DataPlane:
         self.relay_udp: set[tuple[str, int]] = set()
         self.tcp_fds: dict[int, RelayLink] = {}
         self._last_upkeep = float("-inf")
+        # TAP devices, one per Ethernet network we are in (by network id, see wire/lan.py), with
+        # their frame counters; added and removed through call() as the netmap changes.
+        self.taps: dict[bytes, TunDevice] = {}
+        self.tap_fds: dict[int, bytes] = {}
+        self.tap_counters: dict[bytes, Counter] = {}
 
     # -- control from other threads -------------------------------------------
     def start(self) -> None:
@@ -222,6 +227,77 @@ class DataPlane:
         except (BlockingIOError, OSError):
             self.drops["relay_tcp_full"] += 1
 
+    # -- TAP devices (loop thread) -----------------------------------------------------
+    def add_tap(self, nid: bytes, dev: TunDevice) -> None:
+        old = self.taps.get(nid)
+        if old is dev:
+            return
+        if old is not None:
+            self.remove_tap(nid)
+        self.taps[nid] = dev
+        self.tap_fds[dev.fileno()] = nid
+        self.tap_counters.setdefault(nid, Counter())
+        self._ep.register(dev.fileno(), select.EPOLLIN)
+
+    def remove_tap(self, nid: bytes) -> TunDevice | None:
+        """Stop using a network's device; the caller closes it."""
+        dev = self.taps.pop(nid, None)
+        if dev is not None:
+            self.tap_fds.pop(dev.fileno(), None)
+            self._ep.unregister(dev.fileno())
+        self.tap_counters.pop(nid, None)
+        return dev
+
+    def tap_stats(self) -> dict[bytes, dict]:
+        return {nid: {"device": dev.name, **{k: self.tap_counters[nid][k] for k in (
+            "rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "write_errors")}}
+                for nid, dev in self.taps.items()}
+
+    def _from_tap(self, nid: bytes, now: float) -> None:
+        """Frames read from a TAP network's device -> switched (proto/lan.py) -> sealed per member."""
+        dev = self.taps[nid]
+        c = self.tap_counters[nid]
+        tunnel = self.tunnel
+        batches: dict = {}
+        held = 0
+        for _ in range(TUN_BURST):
+            try:
+                frame = dev.read()
+            except BlockingIOError:
+                break
+            c["rx_frames"] += 1
+            c["rx_bytes"] += len(frame)
+            for peer, m in tunnel.frame_copies(nid, frame, now):
+                lst = batches.get(peer)
+                if lst is None:
+                    batches[peer] = lst = []
+                lst.append(m)
+                held += 1
+            if held >= FLUSH_PACKETS:
+                self._seal_and_send(batches, now)
+                held = 0
+        self._seal_and_send(batches, now)
+
+    def _write_frames(self) -> None:
+        """Accepted frames from peers, each to its own network's device only."""
+        frames = self.tunnel.frames_in
+        taps, counters = self.taps, self.tap_counters
+        for nid, frame in frames:
+            dev = taps.get(nid)
+            if dev is None:
+                self.drops["tap_missing"] += 1
+                continue
+            c = counters[nid]
+            try:
+                dev.write(frame)
+            except OSError:
+                c["write_errors"] += 1
+                self.drops["tap_write_error"] += 1
+                continue
+            c["tx_frames"] += 1
+            c["tx_bytes"] += len(frame)
+        frames.clear()
+
     def _send(self, datagrams: list[bytes], addr) -> None:
         """Send to one destination; whatever goes wrong with it costs only these datagrams."""
         try:
@@ -335,6 +411,8 @@ class DataPlane:
                             self._from_udp(now, self.pool[fd])
                         elif fd in self.tcp_fds:
                             self._from_tcp(self.tcp_fds[fd], now)
+                        elif fd in self.tap_fds:
+                            self._from_tap(self.tap_fds[fd], now)
                         else:
                             self._run_calls(now)
                     except Exception:  # one bad packet must never stop the tunnel
@@ -353,6 +431,8 @@ class DataPlane:
         finally:
             for sock in self.pool.values():
                 sock.close()
+            for dev in self.taps.values():
+                dev.close()
             ep.close()
 
     def _internal_error(self) -> None:
@@ -451,6 +531,8 @@ class DataPlane:
             inner.extend(self.tunnel.receive(d, addr, now))
 
     def _write_inner(self, inner: list[bytes]) -> None:
+        if self.tunnel.frames_in:
+            self._write_frames()
         if not inner:
             return
         if self.tun.vnet:

@@ -42,6 +42,29 @@ def configure(name: str, mtu: int, addresses: Iterable[ipaddress.IPv4Interface |
         _ip("-6" if net.version == 6 else "-4", "route", "replace", str(net), "dev", name)
 
 
+def configure_tap(name: str, mac: str, mtu: int,
+                  addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
+    """A TAP network's device: our stable MAC, MTU, the overlay addresses without their prefix route
+    (ham0 keeps that one); members of the network are reached by the host routes of `tap_routes`."""
+    _ip("link", "set", "dev", name, "address", mac)
+    _ip("link", "set", "dev", name, "mtu", str(mtu))
+    for a in addresses:
+        extra = ["nodad"] if a.version == 6 else ["broadcast", "+"]
+        _ip("-6" if a.version == 6 else "-4", "addr", "replace", str(a), "dev", name, "noprefixroute", *extra)
+    _ip("link", "set", "dev", name, "up")
+
+
+def tap_routes(name: str, add: Iterable[str], remove: Iterable[str] = ()) -> None:
+    """Host routes (/32, /128) to a TAP network's members through its device: ARP/ND resolve them there."""
+    for a in add:
+        v6 = ":" in a
+        _ip("-6" if v6 else "-4", "route", "replace", f"{a}/{128 if v6 else 32}", "dev", name)
+    for a in remove:
+        v6 = ":" in a
+        subprocess.run(["ip", "-6" if v6 else "-4", "route", "del", f"{a}/{128 if v6 else 32}", "dev", name],
+                       capture_output=True)
+
+
 def local_ipv4_addresses(exclude: set[str]) -> list[str]:
     """IPv4 addresses of this host's interfaces (LAN candidates), skipping loopback and `exclude`
     devices; the default route's interface first."""

@@ -34,9 +34,10 @@ from hamachi.io.instance import InstanceLock, binding
 from hamachi.io.privilege import require_net_admin
 from hamachi.io.tun import TunDevice
 from hamachi.io.udp import UdpSocket
-from hamachi.proto.lan import NetworkPolicy
+from hamachi.proto.lan import NetworkPolicy, format_mac, member_mac
 from hamachi.proto.tunnel import PeerConfig, Tunnel
 from hamachi.wire.control import MAX_CANDIDATES, Candidate
+from hamachi.wire.lan import network_id
 
 log = logging.getLogger("hamachi.client")
 # What a member of [client] api_group may ask without root (reading state, never changing it).
@@ -93,6 +94,7 @@ class ClientDaemon:
         self.relay_rtts: dict[str, float] = {}
         self.peer_relays: dict[bytes, list[bytes]] = {}  # the relay sessions we hold for each peer
         self.overlay: list = []
+        self.taps: dict[bytes, dict] = {}  # network id -> {"name", "device", "routes"}: our TAP networks
         self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
                                          "networks": self._api_networks, "doctor": self._api_doctor}
         for verb in ("create", "join", "leave", "approve", "reject", "evict", "lock", "unlock", "delete", "nick",
@@ -171,6 +173,51 @@ class ClientDaemon:
             n.name, n.mode, frozenset(m.public_key for m in n.members if m.state == "member"), dict(n.settings))
             for n in networks.values()]
         await self._in_loop(lambda t, now: t.lan.set_networks(policies))
+        await self._sync_taps(networks)
+
+    # -- TAP networks: one device each --------------------------------------------
+    def tap_name(self, network: str) -> str:
+        """A TAP network's device name: stable, from the network's name (IFNAMSIZ is 16 with the NUL)."""
+        return f"{self.settings.interface[:8]}t{network_id(network).hex()[:6]}"
+
+    async def _sync_taps(self, networks: dict) -> None:
+        """A device for every TAP network we are a member of, host routes to its members; gone when we leave."""
+        me = self.settings.key.public
+        want: dict[bytes, tuple[str, set[str]]] = {}
+        for n in networks.values():
+            if n.mode != "tap" or not any(m.public_key == me and m.state == "member" for m in n.members):
+                continue
+            addrs = {a for m in n.members if m.public_key != me and m.state == "member"
+                     for a in (m.address4, m.address6) if a}
+            want[network_id(n.name)] = (n.name, addrs)
+        for nid in [nid for nid in self.taps if nid not in want]:
+            tap = self.taps.pop(nid)
+            dev = await self._in_loop(lambda t, now, nid=nid: self.dataplane.remove_tap(nid))
+            if dev is not None:
+                dev.close()
+            log.info("left TAP network %s: device %s removed", tap["network"], tap["device"].name)
+        for nid, (name, addrs) in want.items():
+            tap = self.taps.get(nid)
+            if tap is None:
+                try:
+                    dev = await asyncio.to_thread(TunDevice, self.tap_name(name), "tap", False)
+                    tap = {"network": name, "device": dev, "routes": set()}
+                    await asyncio.to_thread(self._configure_tap, tap)
+                except Exception as exc:  # noqa: BLE001 - a device we cannot make must not stop the client
+                    log.warning("TAP network %s: cannot set up its device: %s", name, exc)
+                    continue
+                self.taps[nid] = tap
+                await self._in_loop(lambda t, now, nid=nid, dev=dev: self.dataplane.add_tap(nid, dev))
+                log.info("TAP network %s on %s, MAC %s", name, dev.name, format_mac(member_mac(me)))
+            old = tap["routes"]
+            if addrs != old:
+                await asyncio.to_thread(netconf.tap_routes, tap["device"].name, addrs - old, old - addrs)
+                tap["routes"] = addrs
+
+    def _configure_tap(self, tap: dict) -> None:
+        # Room for the Ethernet header, a VLAN tag and our LAN header (wire/lan.py) within the TUN's MTU.
+        netconf.configure_tap(tap["device"].name, format_mac(member_mac(self.settings.key.public)),
+                              self.settings.mtu - 28, self.overlay)
 
     def _peer_config(self, p: StaticPeer) -> PeerConfig:
         ep = (_resolve(p.endpoint.host), p.endpoint.port) if p.endpoint else None
@@ -214,6 +261,8 @@ class ClientDaemon:
             await asyncio.to_thread(self._netconf, want)
             self.overlay = want
             await self._in_loop(lambda t, now: self._set_directed(t))
+            for tap in self.taps.values():
+                await asyncio.to_thread(self._configure_tap, tap)
             log.info("overlay addresses from the server: %s", ", ".join(map(str, want)))
         targets = {}
         for name, udp in w.relays:
@@ -414,8 +463,12 @@ class ClientDaemon:
     # -- local API -------------------------------------------------------------
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
-        snap, links, lan = await self._in_loop(lambda t, now: (t.stats(now), self.dataplane.relay_links(),
-                                                               t.lan.stats()))
+        snap, links, lan, taps = await self._in_loop(lambda t, now: (
+            t.stats(now), self.dataplane.relay_links(), t.lan.stats(), self.dataplane.tap_stats()))
+        for n in lan:
+            n["device"] = taps.get(network_id(n["name"])) if n["mode"] == "tap" else None
+            if n["mode"] == "tap":
+                n["mac"] = format_mac(member_mac(s.key.public))
         by_session = {f"relay:{lk['session']}": lk for lk in links}
         for p in snap["peers"]:
             lk = by_session.get(p["endpoint"])
