@@ -119,6 +119,8 @@ def test_arp_resolves_and_ping_crosses_the_tap_network(dep):
     assert r.returncode == 0, r.stdout
     st = _tap_status(d, "a", "alice")
     assert st["device"]["device"] == TAP and st["device"]["rx_frames"] > 0 and st["device"]["tx_frames"] > 0
+    human = d.ask("a", "alice", "status").stdout  # the human view names the device and its MAC
+    assert f"eth (tap) on {TAP} MAC {d.mac['a']}" in human, human
 
 
 def test_ipx_frames_cross_bit_exact_and_tshark_decodes_them(dep, tmp_path):
