@@ -39,6 +39,9 @@ def test_bench_quick_smoke():
         assert 0.5 < data[out["anchor"]]["loss_dropped_pct"] < 5
     assert 0.5 < data["hamachi"]["loss_dropped_pct"] < 5
     assert all(v > 0 for v in data["hamachi"]["cpu_s_per_gbit"].values())
+    tap = out["tap"]  # TCP over an Ethernet (TAP) network, beside the TUN row
+    assert tap["tcp1"] > 0 and tap["tcp4"] > 0 and tap["rtt_avg"] is not None
+    assert tap["device"]["rx_frames"] > 0 and tap["device"]["tx_frames"] > 0
     control = out["control"]
     assert control["clients"] == 100 and control["logins_per_s"] > 0
     assert control["fanout_samples"] > 0 and control["fanout_p99_ms"] is not None
