@@ -130,15 +130,18 @@ def test_ipx_frames_cross_bit_exact_and_tshark_decodes_them(dep, tmp_path):
     ipx = _ipx(marker, src)
     eth2 = b"\xff" * 6 + src + b"\x81\x37" + ipx  # Ethernet II, ethertype 0x8137
     raw = b"\xff" * 6 + src + len(ipx).to_bytes(2, "big") + ipx  # Novell raw 802.3 (length, then 0xffff)
+    llc = b"\xff" * 6 + src + (3 + len(ipx)).to_bytes(2, "big") + b"\xe0\xe0\x03" + ipx  # 802.2 LLC, SAP 0xe0
+    snap = b"\xff" * 6 + src + (8 + len(ipx)).to_bytes(2, "big") + b"\xaa\xaa\x03\x00\x00\x00\x81\x37" + ipx
+    vlan = b"\xff" * 6 + src + b"\x81\x00\x00\x05\x81\x37" + ipx  # 802.1Q, VLAN 5
     pcaps = {h: str(tmp_path / f"{h}.pcap") for h in "bc"}
     ls = {h: _listen(d, h, TAP, marker, 4, pcaps[h]) for h in "bc"}
     ham0 = _listen(d, "c", "ham0", marker, 4)  # carol's TUN network never sees the TAP network's frames
     dave = _listen(d, "d", "ham0", marker, 4)
-    _send(d, "a", TAP, eth2)
-    _send(d, "a", TAP, raw)
+    for f in (eth2, raw, llc, snap, vlan):
+        _send(d, "a", TAP, f)
     for h, p in ls.items():
         got = set(_frames(p))
-        assert got == {eth2, raw}, (h, [f.hex() for f in got])
+        assert got == {eth2, raw, llc, snap, vlan}, (h, [f.hex() for f in got])
     assert _frames(ham0) == [] and _frames(dave) == []
     if shutil.which("tshark") is None:
         pytest.skip("tshark not installed (scripts/setup): frames crossed bit-exact, not decoded")
@@ -148,6 +151,8 @@ def test_ipx_frames_cross_bit_exact_and_tshark_decodes_them(dep, tmp_path):
     assert lines and all(":ipx" in ln for ln in lines), r.stdout + r.stderr
     assert any(ln.startswith("eth:ethertype:ipx") for ln in lines), r.stdout
     assert any(ln.startswith("eth:ipx") for ln in lines), r.stdout  # Novell raw 802.3
+    assert any(ln.startswith("eth:llc:ipx") for ln in lines), r.stdout
+    assert any("vlan" in ln for ln in lines), r.stdout
 
 
 def test_spoofed_source_mac_is_dropped_and_counted(dep):

@@ -16,6 +16,10 @@ import time
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
 
 
 def send(iface: str, frame: bytes, count: int) -> None:
@@ -29,6 +33,8 @@ def send(iface: str, frame: bytes, count: int) -> None:
 def listen(iface: str, marker: bytes, seconds: float, pcap: str | None) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.bind((iface, 0))
+    # The kernel takes a VLAN tag out of a received frame; like tcpdump, put it back (auxdata).
+    s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
     out = open(pcap, "wb") if pcap else None
     if out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # pcap, LINKTYPE_ETHERNET
@@ -38,7 +44,13 @@ def listen(iface: str, marker: bytes, seconds: float, pcap: str | None) -> None:
         r, _, _ = select.select([s], [], [], left)
         if not r:
             continue
-        frame, addr = s.recvfrom(65535)
+        frame, anc, _, addr = s.recvmsg(65535, socket.CMSG_SPACE(32))
+        for level, kind, data in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 20:
+                status, _, _, _, _, tci, tpid = struct.unpack_from("=IIIHHHH", data)
+                if status & TP_STATUS_VLAN_VALID:
+                    tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                    frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
         if addr[2] == PACKET_OUTGOING or marker not in frame:
             continue
         if out:
