@@ -178,3 +178,40 @@ def test_tun_broadcast_of_the_mixed_member_stays_out_of_the_tap_network(dep):
     assert _frames(ham0_c), "carol's ham0 got dave's broadcast"
     assert _frames(tap_c) == []
     assert all(_frames(p) == [] for p in others)
+
+
+def test_bridge_member_makes_a_non_member_on_its_lan_reachable(dep):
+    """e is no member: a plain host on a LAN segment that bob bridges to his TAP device (Linux bridge).
+
+        a alice (TAP 10.99.0.1/24) == eth == b bob: [TAP + veth] in bridge brl -- e 10.99.0.5 (own namespace)
+
+    Runs last: bob's TAP device becomes a bridge port.
+    """
+    d = dep
+    lab = d.lab
+    e_ns = f"{lab.prefix}-e"
+    lab._namespaces.append(e_ns)  # the lab's teardown removes it too, even if this test fails
+    a, b = lab.host("a"), lab.host("b")
+    try:
+        subprocess.run(["ip", "netns", "add", e_ns], check=True)
+        for cmd in (["ip", "link", "add", "vb", "mtu", "1392", "type", "veth", "peer", "name", "ve", "netns", e_ns],
+                    ["ip", "link", "add", "brl", "type", "bridge"], ["ip", "link", "set", TAP, "master", "brl"],
+                    ["ip", "link", "set", "vb", "master", "brl"], ["ip", "link", "set", "vb", "up"],
+                    ["ip", "link", "set", "brl", "up"]):
+            b.run(cmd)
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "10.99.0.5/24", "dev", "ve"],
+                    ["ip", "link", "set", "ve", "mtu", "1392", "up"]):
+            subprocess.run(["ip", "netns", "exec", e_ns, *cmd], check=True)
+        a.run(["ip", "addr", "add", "10.99.0.1/24", "dev", TAP])
+        before = _tap_status(d, "a", "alice")["spoofed_mac"]
+        # Not a bridge yet: e's answers carry e's MAC, not bob's, and alice drops them.
+        assert a.run(["ping", "-c", "2", "-W", "1", "10.99.0.5"], check=False).returncode != 0
+        lab.wait_for(lambda: _tap_status(d, "a", "alice")["spoofed_mac"] > before, timeout=10,
+                     what="e's frames through bob counted as spoofed_mac")
+        d.ask("a", "alice", "bridge", "eth", "bob", "on")
+        lab.wait_for(lambda: d.can_ping("a", "10.99.0.5"), timeout=30, what="a -> e through bob's bridge")
+        st = _tap_status(d, "a", "alice")
+        assert st["learned_macs"] >= 1 and st["bridges"] == 1
+    finally:
+        a.run(["ip", "addr", "del", "10.99.0.1/24", "dev", TAP], check=False)
+        subprocess.run(["ip", "netns", "del", e_ns], check=False, capture_output=True)
