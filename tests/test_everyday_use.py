@@ -377,3 +377,25 @@ def test_init_writes_the_default_config_and_commands_find_it():
         assert json.loads(r.stdout)["settings"]["config_path"] == f"{d}/hamachi/client.toml"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_nickname_change_reaches_peers():
+    import ipaddress
+
+    from hamachi.proto.tunnel import PeerConfig, Tunnel
+    from hamachi.wire import control as M
+    from tests.test_control_proto import World
+
+    w = World()
+    for n in ("alice", "bob"):
+        w.login(n)
+    assert w.ask("alice", "create", network="lan").ok and w.ask("bob", "join", network="lan").ok
+    w.take("bob", M.Delta)
+    assert w.ask("alice", "nick", nickname="alicia").ok
+    deltas = w.take("bob", M.Delta)
+    assert deltas and {m.nickname for m in deltas[-1].networks[0].members} == {"alicia", "bob"}
+    # ... and the client's tunnel (status, logs) calls her by the new name
+    t = Tunnel(KeyPair.generate(), 0.0, os.urandom)
+    t.add_peer(PeerConfig(w.key("alice"), (ipaddress.ip_interface("100.64.0.2/32"),), None, 25.0, "alice"))
+    assert t.rename_peer(w.key("alice"), "alicia") and not t.rename_peer(w.key("alice"), "alicia")
+    assert [p["name"] for p in t.stats(0.0)["peers"]] == ["alicia"]

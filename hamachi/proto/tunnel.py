@@ -35,6 +35,7 @@ handshake whose mac1 proves the sender knows our public key.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from collections import Counter
@@ -158,6 +159,14 @@ class Tunnel:
         self.peers[cfg.public_key] = peer
         self.router.add(peer, cfg.addresses)
         return peer
+
+    def rename_peer(self, public_key: bytes, name: str) -> bool:
+        """A member changed its nickname (the netmap says so): status and logs follow. True if changed."""
+        peer = self.peers.get(public_key)
+        if peer is None or peer.config.name == name:
+            return False
+        peer.config = dataclasses.replace(peer.config, name=name)
+        return True
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)

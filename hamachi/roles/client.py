@@ -172,7 +172,14 @@ class ClientDaemon:
         policies = [NetworkPolicy.from_settings(
             n.name, n.mode, frozenset(m.public_key for m in n.members if m.state == "member"), dict(n.settings))
             for n in networks.values()]
-        await self._in_loop(lambda t, now: t.lan.set_networks(policies))
+        names = {m.public_key: m.nickname for n in networks.values() for m in n.members}
+
+        def apply(t, now):
+            t.lan.set_networks(policies)
+            return [(k, nick) for k, nick in names.items() if t.rename_peer(k, nick)]
+
+        for key, nick in await self._in_loop(apply):
+            log.info("peer %s is now called %s", encode_key(key)[:10], nick)
         await self._sync_taps(networks)
 
     # -- TAP networks: one device each --------------------------------------------
