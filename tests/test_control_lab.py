@@ -54,6 +54,12 @@ def test_networks_presence_and_tunnels(deployment):
     d.ask("b", "bob", "join", "lan", "--password", "hunter2")
     lab.wait_for(lambda: d.can_ping("a", ip["bob"]), timeout=20, what="alice -> bob over the overlay")
     assert d.can_ping("b", ip["alice"])
+    # a and b share one segment here: `client ping` calls that path direct, LAN
+    r = d.ask("a", "alice", "ping", "bob", "-n", "2", "--interval", "0.2")
+    assert r.stdout.count(f"pong from bob ({ip['bob']}) via {lab.public_ip('b')}:") == 2, r.stdout
+    assert "(direct, LAN) in" in r.stdout
+    r = d.ask("a", "alice", "ping", "nobody", "-n", "1", check=False)
+    assert r.returncode == 1 and "no peer 'nobody'" in r.stderr
     # carol shares no network with them: no tunnel, and she does not even learn that they exist
     assert not d.can_ping("c", ip["alice"])
     nets = json.loads(d.ask("c", "carol", "networks", "--json").stdout)

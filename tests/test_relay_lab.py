@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,9 @@ def test_relay_dies_pair_moves_to_second_relay_then_upgrades_to_direct(lab_stand
         assert kind == "relayed" and relay.split()[0] in ("rly", "rly2"), path()
         first = relay.split()[0]
         other = "rly2" if first == "rly" else "rly"
+        # `client ping` says the path on every reply: here, which relay
+        r = dep.ask("pub", "alice", "ping", "bob", "-n", "1")
+        assert f"pong from bob ({bob_ip}) via relay {first} (" in r.stdout, r.stdout
 
         dep.kill_relay(first)
         t0 = time.monotonic()
@@ -140,6 +144,10 @@ def test_relay_dies_pair_moves_to_second_relay_then_upgrades_to_direct(lab_stand
         lab.wait_for(lambda: path()[0] == "direct", timeout=40, what="the pair to upgrade to direct")
         upgraded = time.monotonic() - t0
         assert dep.can_ping("pub", bob_ip)
+        r = dep.ask("pub", "alice", "ping", "bob", "--until-direct", "--interval", "0.2")
+        last = r.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(rf"pong from bob \({re.escape(bob_ip)}\) via {re.escape(lab.public_ip('fc-1'))}:\d+ "
+                            r"\(direct\) in [\d.]+ ms", last), r.stdout
         print(f"relay failover {moved:.1f} s, upgrade to direct {upgraded:.1f} s")
     finally:
         pub.run(["nft", "delete", "table", "inet", "hamachi_test_block"], check=False)

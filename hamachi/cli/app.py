@@ -101,7 +101,14 @@ _verbose = 0
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"hamachi {__version__}")
+        import platform
+
+        try:
+            from hamachi._buildinfo import BUILD  # only in a built .pyz
+        except ImportError:
+            BUILD = (f"{platform.python_implementation()} {platform.python_version()}, "
+                     f"{platform.system().lower()} {platform.machine()}")
+        typer.echo(f"hamachi {__version__} ({BUILD})")
         raise typer.Exit(ExitCode.OK)
 
 
@@ -511,6 +518,44 @@ def client_nick(nickname: Annotated[str, typer.Argument(help="Your new nickname.
     """Change your nickname."""
     settings = _load("client", config, as_json)
     _network_verb("nick", settings, as_json, f"you are now {nickname}", nickname=nickname)
+
+
+@client_app.command("ping")
+def client_ping(
+    peer: Annotated[str, typer.Argument(help="Nickname, overlay address or public key of a peer.")],
+    count: Annotated[int, typer.Option("--count", "-n", help="Echoes to send (with --until-direct: at most).")] = 5,
+    until_direct: Annotated[bool, typer.Option("--until-direct", help="Keep going until the path is direct "
+                                                                       "(exit 1 if it never is).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between echoes.")] = 1.0,
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Ping a peer through the overlay; every reply says the path: direct (to which endpoint, LAN) or
+    which relay."""
+    import time
+
+    settings = _load("client", config, as_json)
+    replies = []
+    count = max(1, count) if not until_direct else max(1, count if count != 5 else 30)
+    for seq in range(1, count + 1):
+        r = _api(settings, "ping", {"peer": peer, "seq": seq})
+        replies.append(r)
+        if not as_json:
+            output.out.print(views.ping_reply(r), markup=False, soft_wrap=True)
+        if until_direct and r["path"] == "direct" and r["rtt_ms"] is not None:
+            break
+        if seq < count:
+            time.sleep(interval)
+    got = [r for r in replies if r["rtt_ms"] is not None]
+    ok = bool(got) and (not until_direct or replies[-1]["path"] == "direct")
+    if as_json:
+        output.emit({"replies": replies, "ok": ok}, True, lambda d: "")
+    elif until_direct and not ok:
+        output.fail(f"{peer}: the path did not become direct after {len(replies)} echoes "
+                    "(`hamachi client doctor` says why)")
+    elif not got:
+        output.fail(f"{peer}: no reply to {len(replies)} echoes")
+    if not ok:
+        raise typer.Exit(int(ExitCode.FAILURE))
 
 
 @client_app.command("doctor")

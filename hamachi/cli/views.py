@@ -200,3 +200,16 @@ def key_values(d: dict[str, Any], title: str | None = None) -> Table:
     if title:
         return Group(title, t)
     return t
+
+
+def ping_reply(d: dict[str, Any]) -> str:
+    """One line per echo, saying the path it took (as `tailscale ping` does)."""
+    if d["path"] == "relayed":
+        via = f"via relay {d['relay'] or d['endpoint']}"
+    elif d["path"] == "direct":
+        via = f"via {d['endpoint']} ({'direct, LAN' if d.get('lan') else 'direct'})"
+    else:
+        via = f"no path yet ({d['path']})"
+    if d["rtt_ms"] is None:
+        return f"no reply from {d['peer']} ({d['address']}) within the timeout, {via}"
+    return f"pong from {d['peer']} ({d['address']}) {via} in {d['rtt_ms']:.1f} ms"

@@ -25,7 +25,7 @@ from hamachi.crypto.session import AEADS
 from hamachi.crypto.ticket import session_id_of
 from hamachi.exitcodes import ExitCode, StartupError
 from hamachi.io import discovery as nat_discovery
-from hamachi.io import localapi, netconf
+from hamachi.io import icmp, localapi, netconf
 from hamachi.io import metrics as X
 from hamachi.io import stun as stun_io
 from hamachi.io.control import ControlClient
@@ -96,7 +96,8 @@ class ClientDaemon:
         self.overlay: list = []
         self.taps: dict[bytes, dict] = {}  # network id -> {"name", "device", "routes"}: our TAP networks
         self.handlers: dict[str, Any] = {"status": self._api_status, "peers": self._api_status,
-                                         "networks": self._api_networks, "doctor": self._api_doctor}
+                                         "networks": self._api_networks, "doctor": self._api_doctor,
+                                         "ping": self._api_ping}
         for verb in ("create", "join", "leave", "approve", "reject", "evict", "lock", "unlock", "delete", "nick",
                      "transfer", "broadcast", "bridge"):
             self.handlers[verb] = self._forward(verb)
@@ -468,6 +469,35 @@ class ClientDaemon:
         return {"findings": findings, "nat": st.get("nat")}
 
     # -- local API -------------------------------------------------------------
+    async def _api_ping(self, args: dict) -> dict:
+        """One ICMP echo to a peer's overlay address, and the path the tunnel used for it."""
+        who = str(args.get("peer") or "")
+        st = await self._api_status({})
+        peer = next((p for p in st["peers"] if who and (who == p["name"] or p["public_key"].startswith(who) or any(
+            a.split("/")[0] == who for a in p["addresses"]))), None)
+        if peer is None:
+            raise localapi.ApiError(f"no peer {who!r} (give a nickname, an overlay address or a key; "
+                                    "`hamachi client peers` lists them)")
+        address = next((a.split("/")[0] for a in peer["addresses"] if ":" not in a), None)
+        if address is None:
+            raise localapi.ApiError(f"{who!r} has no IPv4 overlay address to ping")
+        try:
+            rtt = await icmp.echo(address, int(args.get("seq") or 1), float(args.get("timeout") or 2.0))
+        except OSError as exc:
+            raise localapi.ApiError(f"cannot send ICMP echo: {exc.strerror or exc}", 5) from None
+        after = next((p for p in (await self._api_status({}))["peers"] if p["public_key"] == peer["public_key"]),
+                     peer)
+        lan = False
+        if after["path"] == "direct" and after["endpoint"]:
+            host = after["endpoint"].rsplit(":", 1)[0].strip("[]")
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(host)
+                lan = any(ip in i.network for i in await asyncio.to_thread(
+                    netconf.local_ipv4_interfaces, {self.tun.name}) if i.network.prefixlen < 32)
+        return {"peer": after["name"] or after["public_key"][:10], "address": address,
+                "rtt_ms": None if rtt is None else round(rtt * 1000, 2), "path": after["path"],
+                "endpoint": after["endpoint"], "relay": after.get("relay"), "lan": lan}
+
     async def _api_status(self, args: dict) -> dict:
         s = self.settings
         snap, links, lan, taps = await self._in_loop(lambda t, now: (
