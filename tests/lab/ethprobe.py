@@ -1,6 +1,6 @@
 """Raw Ethernet tools for the TAP lab tests, run inside a lab host: `python -m tests.lab.ethprobe ...`.
 
-    send IFACE HEXFRAME [--count N]                      send a frame as is (AF_PACKET), N times
+    send IFACE HEXFRAME [--count N] [--rate R]           send a frame as is (AF_PACKET), N times (R/s)
     listen IFACE MARKERHEX [--seconds S] [--pcap FILE]   print each received frame holding the marker
                                                          (JSON lines, hex), optionally into a pcap file
 """
@@ -22,12 +22,25 @@ TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 
 
-def send(iface: str, frame: bytes, count: int) -> None:
+def send(iface: str, frame: bytes, count: int, rate: float = 0) -> None:
+    """`count` frames, 50 ms apart; with `rate`, `count` frames paced at `rate` frames/s (a storm)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
-    for _ in range(count):
-        s.send(frame)
-        time.sleep(0.05)
+    start = time.monotonic()
+    sent = 0
+    for i in range(count):
+        try:
+            s.send(frame)
+            sent += 1
+        except BlockingIOError:
+            pass
+        if rate:
+            ahead = start + (i + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        else:
+            time.sleep(0.05)
+    print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - start, 3)}), flush=True)
 
 
 def listen(iface: str, marker: bytes, seconds: float, pcap: str | None) -> None:
@@ -69,6 +82,7 @@ def main() -> None:
     a.add_argument("iface")
     a.add_argument("frame")
     a.add_argument("--count", type=int, default=3)
+    a.add_argument("--rate", type=float, default=0)
     b = sub.add_parser("listen")
     b.add_argument("iface")
     b.add_argument("marker")
@@ -76,7 +90,7 @@ def main() -> None:
     b.add_argument("--pcap")
     args = ap.parse_args()
     if args.cmd == "send":
-        send(args.iface, bytes.fromhex(args.frame), args.count)
+        send(args.iface, bytes.fromhex(args.frame), args.count, args.rate)
     else:
         listen(args.iface, bytes.fromhex(args.marker), args.seconds, args.pcap)
 
