@@ -201,6 +201,8 @@ def test_broadcast_storm_is_held_to_the_limit_and_unicast_is_not_starved(dep):
     got = _tap_status(d, "b", "bob")["device"]["tx_frames"] - rx_b
     assert dropped > sent / 2, (sent, dropped)  # the default 500 frames/s: most of 10 k/s is dropped, counted
     assert got < sent / 4, (sent, got)  # and never reaches bob's device
+    doctor = d.ask("a", "alice", "doctor").stdout
+    assert "dropped by the rate limit" in doctor, doctor
 
 
 def test_bridge_member_makes_a_non_member_on_its_lan_reachable(dep):

@@ -466,6 +466,12 @@ class ClientDaemon:
                 findings.append({"topic": name, "ok": False,
                                  "text": f"no path yet (tried {p['endpoint'] or 'no endpoint'}): {why}; "
                                          f"fix: {fix_forward} (on either side)"})
+        for n in st.get("networks") or []:
+            if n.get("broadcast_rate"):
+                findings.append({"topic": n["name"], "ok": False, "text": (
+                    f"{n['broadcast_rate']} broadcast/multicast packets dropped by the rate limit "
+                    f"({n['rate_pps']:g} packets/s, {n['rate_bps']:g} bytes/s per sender): something floods the "
+                    f"network; the owner can raise it with `hamachi client broadcast {n['name']} on --pps N`")})
         return {"findings": findings, "nat": st.get("nat")}
 
     # -- local API -------------------------------------------------------------
