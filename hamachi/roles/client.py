@@ -324,8 +324,9 @@ class ClientDaemon:
         if p.reason == "lost":
             # The server lost it, not us: keep the tunnel; keepalives tell whether it still works.
             return
+        name = await self._in_loop(lambda t, now: t.peers[p.public_key].name if p.public_key in t.peers else "")
         await self.remove_peer(p.public_key)
-        log.info("tunnel to %s dropped (%s)", encode_key(p.public_key)[:10], p.reason)
+        log.info("tunnel to %s dropped (%s)", name or encode_key(p.public_key)[:10], p.reason)
 
     async def _relay(self, offer, side: int) -> tuple[str, int]:
         """Bind our side of the pair's session at one relay (UDP first, TCP 443 if UDP gets no answer)."""
