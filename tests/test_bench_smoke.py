@@ -42,6 +42,8 @@ def test_bench_quick_smoke():
     tap = out["tap"]  # TCP over an Ethernet (TAP) network, beside the TUN row
     assert tap["tcp1"] > 0 and tap["tcp4"] > 0 and tap["rtt_avg"] is not None
     assert tap["device"]["rx_frames"] > 0 and tap["device"]["tx_frames"] > 0
+    if shutil.which("tincd"):
+        assert tap["tinc"]["tcp1"] > 0  # tinc 1.0 in switch mode, in the same run
     control = out["control"]
     assert control["clients"] == 100 and control["logins_per_s"] > 0
     assert control["fanout_samples"] > 0 and control["fanout_p99_ms"] is not None
