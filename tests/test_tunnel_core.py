@@ -381,3 +381,15 @@ def test_cookie_holder_over_its_budget_is_rate_limited():
         n.pump()
     assert n.b.drops[D.COOKIE_SENT] == 1
     assert n.b.drops[D.RATE_LIMITED] >= 1
+
+
+def test_handshake_timestamp_is_coarsened():
+    """Issue 9 item 13: the TAI64N in an initiation carries no more than ~16.8 ms of precision."""
+    import struct as _struct
+
+    from hamachi.proto.tunnel import tai64n
+
+    stamps = {_struct.unpack(">QI", tai64n(1_700_000_000.0 + i * 0.001))[1] for i in range(16)}
+    assert all(n % (1 << 24) == 0 for n in stamps)
+    assert len(stamps) <= 2  # 16 ms of distinct clocks look the same
+    assert tai64n(1_700_000_001.0) > tai64n(1_700_000_000.9)  # still monotonic across seconds

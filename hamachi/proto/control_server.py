@@ -63,6 +63,9 @@ SERVER_VERSION = "hamachi/0.1"
 MAX_NAME = 64
 MAX_MEMBERS = 65535  # what NetworkInfo.max_members (u16) carries
 MAX_PASSWORD = 256
+# Requests (and resyncs) each client may make: a sustained rate and a burst. Pings are cheap and
+# not counted; anything over the budget is refused with a reply, never queued.
+REQUEST_RATE, REQUEST_BURST = 5.0, 20.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,13 @@ class ControlServer:
         self._login_limit = RateLimiter(rate=login_rate, burst=max(1.0, login_rate * 2))
         self.hash_token = hash_token or pw.hash_token
         self.guesses = GuessThrottle()  # wrong network passwords (party join codes), per source address
+        # ... and per client key and per network (looser: a stranger must not lock a network's owner out)
+        self.guesses_by_key = GuessThrottle(global_rate=1e9, global_burst=1e9)
+        self.guesses_by_net = GuessThrottle(free=10, cap=30.0, global_rate=1e9, global_burst=1e9)
+        self._request_limit = RateLimiter(rate=REQUEST_RATE, burst=REQUEST_BURST)
+        # Slow hashes the I/O shell computed off the core thread for the request being handled:
+        # {("verify", stored_hash, password): bool, ("hash", password): stored_hash}
+        self.prepared: dict = {}
         self.stats = {"logins": 0, "refused_logins": 0, "protocol_errors": 0, "lost": 0}
         self.refusals: Counter = Counter()  # by Refusal.code
         self.logouts: Counter = Counter()  # by reason
@@ -396,8 +406,15 @@ class ControlServer:
         elif conn.phase == "discovery" and isinstance(msg, M.Discovery):
             self._discovery(conn, msg)
         elif conn.phase == "sync" and isinstance(msg, M.Request):
+            if not self._request_limit.allow(conn.public_key, now):
+                self.stats["throttled_requests"] = self.stats.get("throttled_requests", 0) + 1
+                self._send(conn, M.Reply(msg.req_id, 0, "too many requests from this client; slow down"))
+                return
             self._request(conn, msg)
         elif conn.phase == "sync" and isinstance(msg, M.Resync):
+            if not self._request_limit.allow(conn.public_key, now):
+                self.stats["throttled_requests"] = self.stats.get("throttled_requests", 0) + 1
+                return
             self._send_netmap(conn)
         else:
             self.stats["protocol_errors"] += 1
@@ -494,12 +511,20 @@ class ControlServer:
         return M.NetworkInfo(n.name, n.owner, n.mode, int(n.locked), int(n.approval), n.max_members,
                              self._member_info(name), tuple(settings.items()))
 
+    @staticmethod
+    def _applicant_view(info: M.NetworkInfo, key: bytes) -> M.NetworkInfo:
+        """What a pending applicant sees: the network's name and its own entry, nobody's endpoint."""
+        own = tuple(m for m in info.members if m.public_key == key)
+        return dataclasses.replace(info, members=own, settings=())
+
     def _visible(self, key: bytes) -> list[str]:
         return [m.network for m in self.store.memberships(key)]
 
     def _send_netmap(self, conn: Conn) -> None:
         conn.seq += 1
-        nets = tuple(ni for ni in (self._network_info(n) for n in self._visible(conn.public_key)) if ni)
+        pending = {m.network for m in self.store.memberships(conn.public_key) if m.state == "pending"}
+        nets = tuple(self._applicant_view(ni, conn.public_key) if ni.name in pending else ni
+                     for ni in (self._network_info(n) for n in self._visible(conn.public_key)) if ni)
         parts = M.split_networks(nets)
         for i, part in enumerate(parts):
             self._send(conn, M.Netmap(conn.seq, part, int(i < len(parts) - 1)))
@@ -522,6 +547,9 @@ class ControlServer:
             for m in info.members:
                 oc = self.online.get(m.public_key)
                 if oc is not None and m.public_key != skip:
+                    if m.state == "pending":
+                        self._send_delta(oc, [(self._applicant_view(info, m.public_key),)])
+                        continue
                     parts = parts or M.split_networks((info,))
                     self._send_delta(oc, parts)
         for k, name in (removed_for or {}).items():
@@ -631,6 +659,42 @@ class ControlServer:
         # ok = 2: accepted, but not done yet (a join waiting for the owner's approval); the text says so.
         self._send(conn, M.Reply(req.req_id, 2, note) if note else M.Reply(req.req_id, 1, ""))
 
+    def password_job(self, conn_id: object, msg: M.Message) -> tuple | None:
+        """The slow hash this message needs, if any, for the I/O shell to compute off the core thread.
+
+        ("verify", stored_hash, password) for a join that would check a password now (not while
+        throttled), ("hash", password) for a create with one; None for everything else. The
+        result goes back in `prepared` for the `receive` of the same message."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.phase != "sync" or not isinstance(msg, M.Request):
+            return None
+        password = msg.arg("password")
+        if not password or len(password) > MAX_PASSWORD:
+            return None
+        if msg.verb == "create":
+            return ("hash", password)
+        if msg.verb != "join":
+            return None
+        net = self.store.get_network(msg.arg("network"))
+        if net is None or net.password_hash is None or self._guess_wait(conn, net.name, peek=True) > 0:
+            return None
+        return ("verify", net.password_hash, password)
+
+    def _guess_wait(self, conn: Conn, network: str, peek: bool = False) -> float:
+        checks = ((self.guesses_by_key, conn.public_key), (self.guesses_by_net, network),
+                  (self.guesses, conn.source[0]))
+        if peek:  # no side effects (the global budget is spent by the real check)
+            return max(t._failures.get(k, (0, 0.0))[1] - self.now for t, k in checks)
+        return max(t.wait(k, self.now) for t, k in checks)
+
+    def _verify(self, stored: bytes, password: str) -> bool:
+        got = self.prepared.get(("verify", stored, password))
+        return pw.verify_password(stored, password) if got is None else got
+
+    def _hash(self, password: str) -> bytes:
+        got = self.prepared.get(("hash", password))
+        return pw.hash_password(password) if got is None else got
+
     def _network(self, req: M.Request) -> NetworkRecord:
         name = req.arg("network")
         net = self.store.get_network(name)
@@ -645,10 +709,18 @@ class ControlServer:
         return net
 
     def _member_arg(self, net: NetworkRecord, req: M.Request) -> bytes:
+        """The one member `member` names: its key or address first; a nickname only if no one else has it."""
         who = req.arg("member")
-        for m, c in self.store.member_clients(net.name):
-            if who in (encode_key(m.public_key), c.nickname, c.address4):
+        rows = self.store.member_clients(net.name)
+        for m, c in rows:
+            if who in (encode_key(m.public_key), c.address4, c.address6):
                 return m.public_key
+        named = [m.public_key for m, c in rows if c.nickname == who]
+        if len(named) > 1:
+            raise RequestRefused(f"{len(named)} members of {net.name!r} are called {who!r}: name one by its "
+                                 "key or address")
+        if named:
+            return named[0]
         raise RequestRefused(f"{who!r} is not a member of {net.name!r}")
 
     def _verb_create(self, conn: Conn, req: M.Request) -> None:
@@ -670,7 +742,7 @@ class ControlServer:
             raise RequestRefused(refusal)
         before = self._peers_of(conn.public_key)
         self.store.create_network(NetworkRecord(
-            name, conn.public_key, pw.hash_password(password) if password else None, mode, False,
+            name, conn.public_key, self._hash(password) if password else None, mode, False,
             req.arg("approval") == "1", max_members))
         self._membership_changed(conn.public_key, before, "left")
         self._push_networks(conn.public_key, [name])
@@ -683,18 +755,25 @@ class ControlServer:
         if net.locked:
             raise RequestRefused(f"network {net.name!r} is locked")
         self._check_room(net, members)
+        if any(c.nickname == conn.nickname and m.public_key != conn.public_key
+               for m, c in self.store.member_clients(net.name)):
+            raise RequestRefused(f"someone in {net.name!r} is already called {conn.nickname!r}; pick another "
+                                 "nickname (hamachi client nick NAME)")
         if net.password_hash is not None and not req.arg("password"):
             raise RequestRefused(f"network {net.name!r} needs a password (give it with --password)")
         if net.password_hash is not None:
             source = conn.source[0]
-            wait = self.guesses.wait(source, self.now)
+            wait = self._guess_wait(conn, net.name)
             if wait > 0:
                 self.stats["throttled_guesses"] = self.stats.get("throttled_guesses", 0) + 1
-                raise RequestRefused(f"too many wrong passwords from your address; try again in {math.ceil(wait)} s")
-            if not pw.verify_password(net.password_hash, req.arg("password")):
-                earned = self.guesses.failed(source, self.now)
+                raise RequestRefused(f"too many wrong passwords; try again in {math.ceil(wait)} s")
+            if not self._verify(net.password_hash, req.arg("password")):
+                earned = max(self.guesses.failed(source, self.now),
+                             self.guesses_by_key.failed(conn.public_key, self.now),
+                             self.guesses_by_net.failed(net.name, self.now))
                 raise RequestRefused("wrong password" + (f" (next try in {math.ceil(earned)} s)" if earned else ""))
             self.guesses.succeeded(source)
+            self.guesses_by_key.succeeded(conn.public_key)
         before = self._peers_of(conn.public_key)
         self.store.set_member(net.name, conn.public_key, "pending" if net.approval else "member")
         self._membership_changed(conn.public_key, before, "left")
@@ -713,6 +792,8 @@ class ControlServer:
 
     def _verb_leave(self, conn: Conn, req: M.Request) -> None:
         net = self._network(req)
+        if not any(m.public_key == conn.public_key for m in self.store.members(net.name)):
+            raise RequestRefused(f"you are not a member of {net.name!r}")  # nothing changed: nobody hears of it
         self._remove(net, conn.public_key, "left")
 
     def _remove(self, net: NetworkRecord, key: bytes, reason: str) -> None:
@@ -739,7 +820,11 @@ class ControlServer:
     def _verb_reject(self, conn: Conn, req: M.Request) -> None:
         net = self._owned(conn, req)
         key = self._member_arg(net, req)
+        if key == net.owner:
+            raise RequestRefused("the owner cannot be rejected")
+        before = self._peers_of(key)  # a full member being rejected loses its tunnels too
         self.store.remove_member(net.name, key)
+        self._membership_changed(key, before, "evicted")
         self._push_networks(key, [net.name], removed_for={key: net.name})
 
     def _verb_lock(self, conn: Conn, req: M.Request) -> None:
@@ -768,6 +853,12 @@ class ControlServer:
 
     def _verb_nick(self, conn: Conn, req: M.Request) -> None:
         nickname = _valid_name(req.arg("nickname"), "nickname")
+        if nickname == conn.nickname:
+            return  # nothing changed: no fan-out
+        for net in self._visible(conn.public_key):
+            if any(c.nickname == nickname and m.public_key != conn.public_key
+                   for m, c in self.store.member_clients(net)):
+                raise RequestRefused(f"someone in {net!r} is already called {nickname!r}")
         self.store.set_nickname(conn.public_key, nickname)
         conn.nickname = nickname
         self._push_networks(conn.public_key, self._visible(conn.public_key))

@@ -98,9 +98,20 @@ def is_relayed(addr: Addr | None) -> bool:
 
 
 
+TAI64N_WHITENER = (1 << 24) - 1  # nanoseconds below 2^24 (~16.8 ms) are cleared, as WireGuard does
+
+
 def tai64n(wall: float) -> bytes:
+    """The handshake timestamp, coarsened so that an initiation does not reveal a precise clock."""
     sec = int(wall)
-    return struct.pack(">QI", TAI64_BASE + sec, int((wall - sec) * 1e9))
+    return struct.pack(">QI", TAI64_BASE + sec, int((wall - sec) * 1e9) & ~TAI64N_WHITENER)
+
+
+def _next_stamp(stamp: bytes) -> bytes:
+    if not stamp:
+        return b""
+    sec, nano = struct.unpack(">QI", stamp)
+    return struct.pack(">QI", sec, nano + 1) if nano + 1 < 10**9 else struct.pack(">QI", sec + 1, 0)
 
 
 class Tunnel:
@@ -115,6 +126,7 @@ class Tunnel:
         self.rekey_after_messages = rekey_after_messages
         self.rand = rand
         self.wall_offset = wall_offset
+        self._last_stamp = b""  # the last handshake timestamp sent (they only ever increase)
         self.rekey_after = rekey_after
         self.reject_after = reject_after
         self.rekey_timeout = rekey_timeout
@@ -440,7 +452,11 @@ class Tunnel:
             self._index.pop(peer.pending.index, None)
         idx = self._new_index(peer)
         hs = NoiseIK.initiator(self.local, peer.public_key, PROLOGUE)
-        noise = hs.write_message(tai64n(now + self.wall_offset) + self._prefs)
+        # Coarse, yet strictly increasing: two initiations within one 16.8 ms step must not look
+        # stale to the responder, so the second takes the last one plus a nanosecond.
+        stamp = max(tai64n(now + self.wall_offset), _next_stamp(self._last_stamp))
+        self._last_stamp = stamp
+        noise = hs.write_message(stamp + self._prefs)
         wire = self._stamp(peer, HandshakeInit(idx, noise).body(), now)
         pending = _Pending(hs, idx, now, now if first is None else first, wire[-2 * ck.MAC_LEN : -ck.MAC_LEN], wire)
         peer.pending = pending
