@@ -65,7 +65,7 @@ MAX_MEMBERS = 65535  # what NetworkInfo.max_members (u16) carries
 MAX_PASSWORD = 256
 # Requests (and resyncs) each client may make: a sustained rate and a burst. Pings are cheap and
 # not counted; anything over the budget is refused with a reply, never queued.
-REQUEST_RATE, REQUEST_BURST = 5.0, 20.0
+REQUEST_RATE, REQUEST_BURST = 50.0, 100.0
 
 
 @dataclass(frozen=True)
