@@ -15,6 +15,7 @@ from hamachi.io.instance import InstanceLock
 from hamachi.io.relay import RelayService
 from hamachi.proto.policy import DenyList
 from hamachi.proto.relay import RelayTable
+from hamachi.roles import reread_config
 
 log = logging.getLogger("hamachi.relay")
 
@@ -48,11 +49,8 @@ class RelayDaemon:
 
     def reload(self) -> None:
         """SIGHUP: reread the deny-list."""
-        try:
-            fresh = C.load_relay(self.settings.config_path)
-        except C.ConfigError as exc:
-            for line in exc.problems:
-                log.error("reload refused: %s", line)
+        fresh = reread_config(C.load_relay, self.settings.config_path, log)
+        if fresh is None:
             return
         self.table.deny = DenyList(fresh.deny)
         log.info("reloaded %s: %d deny-list entries", self.settings.config_path, len(fresh.deny))

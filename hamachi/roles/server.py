@@ -27,6 +27,7 @@ from hamachi.io.stun import StunService
 from hamachi.proto.control_server import ControlServer, RelayInfo
 from hamachi.proto.operator import AdminError, Operator
 from hamachi.proto.policy import Plans
+from hamachi.roles import reread_config
 from hamachi.store import open_store
 from hamachi.store.protocol import StoreError
 
@@ -115,11 +116,8 @@ class ServerDaemon:
 
     def reload(self) -> None:
         """SIGHUP: reread the config's plans and deny-list; everything else needs a restart."""
-        try:
-            fresh = C.load_server(self.settings.config_path)
-        except C.ConfigError as exc:
-            for line in exc.problems:
-                log.error("reload refused: %s", line)
+        fresh = reread_config(C.load_server, self.settings.config_path, log)
+        if fresh is None:
             return
         plans = Plans({p.name: p for p in fresh.plans}, fresh.default_plan)
 
